@@ -1,0 +1,874 @@
+//! The audit store: SQLite (WAL) or PostgreSQL through one code path, with group commit.
+//!
+//! This is the IO half of the crate (feature `store`); everything it persists is built and
+//! checked by the pure modules. One table of records (one column per field, so exports and
+//! filters are plain SQL, primary key `(chain_id, seq)`), one table of checkpoints, versioned
+//! migrations under `migrations/sqlite` and `migrations/postgres` (the dialects differ only in
+//! integer types; keep them in step).
+//!
+//! Every query is written once: [`on_pool!`] expands the same body for the SQLite and the
+//! PostgreSQL pool (both accept `$N` placeholders), so the two backends cannot drift. sqlx's
+//! `any` feature is not needed (and not used): the typed pools keep PostgreSQL's parameter types
+//! inferred from the columns, which `Any` loses for `NULL` binds.
+//!
+//! [`AuditWriter`] is the single writer of one chain (one per replica): a task that owns the
+//! chain head, drains queued appends into one transaction (group commit), adds a signed
+//! checkpoint every N records, every T seconds and at shutdown, and resolves each append once its
+//! transaction is committed. SQLite runs with `synchronous = FULL`, so a committed append survives
+//! a power cut, not only `kill -9`.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+// `AssertSqlSafe`: the only dynamic SQL is built from constants and a quoted identifier.
+use sqlx::{AssertSqlSafe, QueryBuilder, Row};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::chain::{ChainHead, Hash};
+use crate::checkpoint::{Checkpoint, KeyError, KeyRing, SigningKeyFile};
+use crate::record::{AuditEvent, AuditRecord, Finding, Outcome, Principal, RecordKind};
+use crate::verify::{Problem, Report, Undecodable, Verifier};
+
+/// Store failures. `retryable` tells callers (fail-closed data plane) whether trying again helps.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL is neither `sqlite:` nor `postgres:`/`postgresql:`.
+    #[error("audit storage: unsupported URL scheme in {0:?} (use sqlite://PATH or postgres://...)")]
+    Url(String),
+    /// The database refused or is unreachable.
+    #[error("audit storage: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("audit storage: migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The writer task is gone (shut down or crashed).
+    #[error("audit writer stopped")]
+    WriterStopped,
+    /// A value does not fit the store (seq or size beyond i64).
+    #[error("audit storage: value out of range: {0}")]
+    Range(&'static str),
+}
+
+impl StoreError {
+    /// Whether a retry may succeed (connection trouble, writer restart) as opposed to a bug or
+    /// a misconfiguration.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Db(_) | Self::WriterStopped)
+    }
+}
+
+/// The pool behind a store.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// Embedded SQLite (WAL).
+    Sqlite(SqlitePool),
+    /// Shared PostgreSQL.
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool the backend holds: one query text, two
+/// drivers.
+macro_rules! on_pool {
+    ($backend:expr, $pool:ident => $body:expr) => {
+        match $backend {
+            Backend::Sqlite($pool) => $body,
+            Backend::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Decodes one row of `audit_records` (any backend) into a record, never panicking.
+macro_rules! decode_record {
+    ($row:expr) => {{
+        let row = $row;
+        let seq_raw: i64 = row.try_get("seq").unwrap_or(-1);
+        (|| -> Result<AuditRecord, String> {
+            let text = |c: &str| {
+                row.try_get::<Option<String>, _>(c)
+                    .map_err(|e| format!("{c}: {e}"))
+            };
+            let req = |c: &str| row.try_get::<String, _>(c).map_err(|e| format!("{c}: {e}"));
+            let int = |c: &str| {
+                row.try_get::<Option<i64>, _>(c)
+                    .map_err(|e| format!("{c}: {e}"))
+            };
+            let seq = u64::try_from(seq_raw).map_err(|_| format!("seq {seq_raw} is negative"))?;
+            let hash = |c: &str| -> Result<Hash, String> {
+                let s = req(c)?;
+                Hash::from_hex(&s).ok_or_else(|| format!("{c} is not 64 hex digits"))
+            };
+            let kind_s = req("kind")?;
+            let kind =
+                RecordKind::parse(&kind_s).ok_or_else(|| format!("unknown kind {kind_s:?}"))?;
+            let findings_s = req("findings")?;
+            let findings: Vec<Finding> =
+                serde_json::from_str(&findings_s).map_err(|e| format!("findings: {e}"))?;
+            let outcome = match text("outcome")?.as_deref() {
+                // An error code next to a non-error outcome is not something the writer stores.
+                None | Some("ok") if int("error_code")?.is_some() => {
+                    return Err("error_code set without outcome error".into());
+                }
+                None => None,
+                Some("ok") => Some(Outcome::Ok),
+                Some("error") => Some(Outcome::Error {
+                    code: int("error_code")?.ok_or("outcome error without error_code")?,
+                }),
+                Some(other) => return Err(format!("unknown outcome {other:?}")),
+            };
+            Ok(AuditRecord {
+                chain_id: req("chain_id")?,
+                seq,
+                prev_hash: hash("prev_hash")?,
+                hash: hash("hash")?,
+                event: AuditEvent {
+                    time_us: row
+                        .try_get::<i64, _>("time_us")
+                        .map_err(|e| format!("time_us: {e}"))?,
+                    kind,
+                    trace_id: text("trace_id")?,
+                    principal: Principal {
+                        agent: text("agent")?,
+                        user: text("user_id")?,
+                        token_id: text("token_id")?,
+                    },
+                    session: text("session")?,
+                    client_era: text("client_era")?,
+                    upstream_era: text("upstream_era")?,
+                    server: text("server")?,
+                    method: text("method")?,
+                    tool: text("tool")?,
+                    args_fingerprint: text("args_fingerprint")?,
+                    decision: text("decision")?,
+                    rule_id: text("rule_id")?,
+                    approval_ref: text("approval_ref")?,
+                    findings,
+                    outcome,
+                    latency_us: int("latency_us")?,
+                    bytes_in: int("bytes_in")?,
+                    bytes_out: int("bytes_out")?,
+                },
+            })
+        })()
+        .map_err(|reason| Undecodable {
+            seq: seq_raw,
+            reason,
+        })
+    }};
+}
+
+/// The columns of `audit_records`, in insert order.
+const RECORD_COLUMNS: &str = "chain_id, seq, prev_hash, hash, time_us, kind, trace_id, agent, user_id, \
+     token_id, session, client_era, upstream_era, server, method, tool, args_fingerprint, decision, \
+     rule_id, approval_ref, findings, outcome, error_code, latency_us, bytes_in, bytes_out";
+
+/// Rows per INSERT statement (25 binds each; well under SQLite's 32,766 and PostgreSQL's 65,535).
+const ROWS_PER_INSERT: usize = 200;
+
+/// Filters for [`AuditStore::query`].
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Records at or after this time (µs since the epoch).
+    pub since_us: Option<i64>,
+    /// Records before this time (µs since the epoch).
+    pub until_us: Option<i64>,
+    /// Only this agent.
+    pub agent: Option<String>,
+    /// Only this tool (`{server}__{tool}`).
+    pub tool: Option<String>,
+    /// At most this many (the latest ones when `latest` is set).
+    pub limit: Option<i64>,
+    /// Take the last `limit` records by time instead of the first.
+    pub latest: bool,
+    /// Keyset cursor for paging in ascending order: only records after this
+    /// `(time_us, chain_id, seq)`.
+    pub after: Option<(i64, String, i64)>,
+}
+
+/// An audit store: a pool plus the schema.
+#[derive(Debug, Clone)]
+pub struct AuditStore {
+    backend: Backend,
+}
+
+impl AuditStore {
+    /// Connects to `sqlite://PATH` (created if missing; WAL, synchronous FULL) or
+    /// `postgres://...`, and runs the migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_in_schema(url, None).await
+    }
+
+    /// Like [`AuditStore::connect`]; on PostgreSQL, every connection uses `schema` (created if
+    /// missing) as its `search_path`. Tests use this to isolate runs.
+    pub async fn connect_in_schema(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
+        let store = Self::open(url, schema, true).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens an existing store for reading (verify, tail, export): never creates a SQLite file
+    /// and never migrates, so a mistyped path is an error rather than an empty, "valid" trail.
+    pub async fn open_existing(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, None, false).await
+    }
+
+    async fn open(url: &str, schema: Option<&str>, create: bool) -> Result<Self, StoreError> {
+        let backend = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(create)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(5));
+            Backend::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(opts)
+                    .await?,
+            )
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let mut opts = PgConnectOptions::from_str(url)?;
+            if let Some(schema) = schema {
+                let admin = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(opts.clone())
+                    .await?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "CREATE SCHEMA IF NOT EXISTS {}",
+                    quote_ident(schema)
+                )))
+                .execute(&admin)
+                .await?;
+                admin.close().await;
+                opts = opts.options([("search_path", schema)]);
+            }
+            Backend::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect_with(opts)
+                    .await?,
+            )
+        } else {
+            return Err(StoreError::Url(url.to_owned()));
+        };
+        Ok(Self { backend })
+    }
+
+    /// The pool.
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(pool) => sqlx::migrate!("./migrations/sqlite").run(pool).await?,
+            Backend::Postgres(pool) => sqlx::migrate!("./migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        on_pool!(&self.backend, pool => pool.close().await)
+    }
+
+    /// Every chain with records or checkpoints.
+    pub async fn chains(&self) -> Result<Vec<String>, StoreError> {
+        let sql = "SELECT chain_id FROM audit_records UNION SELECT chain_id FROM audit_checkpoints ORDER BY 1";
+        let chains = on_pool!(&self.backend, pool => {
+            sqlx::query_scalar::<_, String>(sql).fetch_all(pool).await?
+        });
+        Ok(chains)
+    }
+
+    /// The head of `chain_id` as stored (empty chain if none).
+    pub async fn head(&self, chain_id: &str) -> Result<ChainHead, StoreError> {
+        let sql =
+            "SELECT seq, hash FROM audit_records WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1";
+        let row: Option<(i64, String)> = on_pool!(&self.backend, pool => {
+            sqlx::query_as(sql).bind(chain_id).fetch_optional(pool).await?
+        });
+        let mut head = ChainHead::new(chain_id);
+        if let Some((seq, hash)) = row {
+            // A corrupt head is the verifier's business; the writer continues after it so the
+            // damage stays visible rather than being papered over.
+            head.seq = u64::try_from(seq).unwrap_or(0);
+            head.hash = Hash::from_hex(&hash).unwrap_or(Hash::ZERO);
+        }
+        Ok(head)
+    }
+
+    /// Up to `limit` rows of `chain_id` with seq greater than `after`, in seq order.
+    pub async fn read_page(
+        &self,
+        chain_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Result<AuditRecord, Undecodable>>, StoreError> {
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM audit_records WHERE chain_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        );
+        let rows = on_pool!(&self.backend, pool => {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(chain_id)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| decode_record!(row))
+                .collect::<Vec<_>>()
+        });
+        Ok(rows)
+    }
+
+    /// Records across chains matching `q`, ordered by time then chain and seq.
+    pub async fn query(
+        &self,
+        q: &Query,
+    ) -> Result<Vec<Result<AuditRecord, Undecodable>>, StoreError> {
+        let rows = on_pool!(&self.backend, pool => {
+            let mut b = QueryBuilder::new(format!("SELECT {RECORD_COLUMNS} FROM audit_records WHERE 1 = 1"));
+            if let Some(since) = q.since_us {
+                b.push(" AND time_us >= ").push_bind(since);
+            }
+            if let Some(until) = q.until_us {
+                b.push(" AND time_us < ").push_bind(until);
+            }
+            if let Some(agent) = &q.agent {
+                b.push(" AND agent = ").push_bind(agent.clone());
+            }
+            if let Some(tool) = &q.tool {
+                b.push(" AND tool = ").push_bind(tool.clone());
+            }
+            if let Some((time_us, chain, seq)) = &q.after {
+                b.push(" AND (time_us, chain_id, seq) > (")
+                    .push_bind(*time_us)
+                    .push(", ")
+                    .push_bind(chain.clone())
+                    .push(", ")
+                    .push_bind(*seq)
+                    .push(")");
+            }
+            let dir = if q.latest { "DESC" } else { "ASC" };
+            b.push(format!(" ORDER BY time_us {dir}, chain_id {dir}, seq {dir}"));
+            if let Some(limit) = q.limit {
+                b.push(" LIMIT ").push_bind(limit);
+            }
+            b.build().fetch_all(pool).await?.iter().map(|row| decode_record!(row)).collect::<Vec<_>>()
+        });
+        let mut rows = rows;
+        if q.latest {
+            rows.reverse();
+        }
+        Ok(rows)
+    }
+
+    /// The checkpoints of `chain_id` in seq order; rows that cannot be read are returned as
+    /// problems.
+    pub async fn checkpoints(
+        &self,
+        chain_id: &str,
+    ) -> Result<(Vec<Checkpoint>, Vec<Problem>), StoreError> {
+        let sql = "SELECT seq, head_hash, time_us, key_id, signature FROM audit_checkpoints \
+                   WHERE chain_id = $1 ORDER BY seq, key_id";
+        let rows: Vec<(i64, String, i64, String, String)> = on_pool!(&self.backend, pool => {
+            sqlx::query_as(sql).bind(chain_id).fetch_all(pool).await?
+        });
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for (seq, head, time_us, key_id, signature) in rows {
+            match (u64::try_from(seq), Hash::from_hex(&head)) {
+                (Ok(seq_u), Some(head_hash)) => out.push(Checkpoint {
+                    chain_id: chain_id.to_owned(),
+                    seq: seq_u,
+                    head_hash,
+                    time_us,
+                    key_id,
+                    signature,
+                }),
+                _ => problems.push(Problem::Undecodable {
+                    seq,
+                    reason: "checkpoint row with a negative seq or a malformed head hash".into(),
+                }),
+            }
+        }
+        Ok((out, problems))
+    }
+
+    /// Appends records (and optionally a checkpoint) in one transaction.
+    pub async fn insert(
+        &self,
+        records: &[AuditRecord],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), StoreError> {
+        let mut encoded = Vec::with_capacity(records.len());
+        for r in records {
+            encoded.push(Encoded::new(r)?);
+        }
+        let cp_seq = match checkpoint {
+            Some(cp) => {
+                Some(i64::try_from(cp.seq).map_err(|_| StoreError::Range("checkpoint seq"))?)
+            }
+            None => None,
+        };
+        on_pool!(&self.backend, pool => {
+            let mut tx = pool.begin().await?;
+            for chunk in encoded.chunks(ROWS_PER_INSERT) {
+                let mut b = QueryBuilder::new(format!("INSERT INTO audit_records ({RECORD_COLUMNS}) "));
+                b.push_values(chunk, |mut row, e| {
+                    row.push_bind(e.chain_id.clone())
+                        .push_bind(e.seq)
+                        .push_bind(e.prev_hash.clone())
+                        .push_bind(e.hash.clone())
+                        .push_bind(e.time_us)
+                        .push_bind(e.kind)
+                        .push_bind(e.text[0].clone())
+                        .push_bind(e.text[1].clone())
+                        .push_bind(e.text[2].clone())
+                        .push_bind(e.text[3].clone())
+                        .push_bind(e.text[4].clone())
+                        .push_bind(e.text[5].clone())
+                        .push_bind(e.text[6].clone())
+                        .push_bind(e.text[7].clone())
+                        .push_bind(e.text[8].clone())
+                        .push_bind(e.text[9].clone())
+                        .push_bind(e.text[10].clone())
+                        .push_bind(e.text[11].clone())
+                        .push_bind(e.text[12].clone())
+                        .push_bind(e.text[13].clone())
+                        .push_bind(e.findings.clone())
+                        .push_bind(e.outcome)
+                        .push_bind(e.error_code)
+                        .push_bind(e.latency_us)
+                        .push_bind(e.bytes_in)
+                        .push_bind(e.bytes_out);
+                });
+                b.build().execute(&mut *tx).await?;
+            }
+            if let (Some(cp), Some(seq)) = (checkpoint, cp_seq) {
+                sqlx::query(
+                    "INSERT INTO audit_checkpoints (chain_id, seq, head_hash, time_us, key_id, signature) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(cp.chain_id.clone())
+                .bind(seq)
+                .bind(cp.head_hash.to_hex())
+                .bind(cp.time_us)
+                .bind(cp.key_id.clone())
+                .bind(cp.signature.clone())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Verifies every chain in the store against its checkpoints.
+    pub async fn verify(&self, ring: &KeyRing) -> Result<Vec<Report>, StoreError> {
+        let mut reports = Vec::new();
+        for chain in self.chains().await? {
+            reports.push(self.verify_chain(&chain, ring).await?);
+        }
+        Ok(reports)
+    }
+
+    /// Verifies one chain, paging through its records.
+    pub async fn verify_chain(&self, chain_id: &str, ring: &KeyRing) -> Result<Report, StoreError> {
+        const PAGE: i64 = 5_000;
+        let (checkpoints, bad_rows) = self.checkpoints(chain_id).await?;
+        let mut verifier = Verifier::new(chain_id, &checkpoints, ring);
+        let mut after = i64::MIN;
+        loop {
+            let page = self.read_page(chain_id, after, PAGE).await?;
+            let n = page.len();
+            let mut last = after;
+            for row in page {
+                let seq = match &row {
+                    Ok(r) => i64::try_from(r.seq).unwrap_or(i64::MAX),
+                    Err(u) => u.seq,
+                };
+                last = last.max(seq);
+                verifier.push(row);
+            }
+            if i64::try_from(n).unwrap_or(i64::MAX) < PAGE || last == after {
+                break;
+            }
+            after = last;
+        }
+        let mut report = verifier.finish();
+        if !bad_rows.is_empty() {
+            report.problems.extend(bad_rows);
+            report.problems.sort_by_key(Problem::position);
+        }
+        Ok(report)
+    }
+}
+
+/// A record as bind values.
+struct Encoded {
+    chain_id: String,
+    seq: i64,
+    prev_hash: String,
+    hash: String,
+    time_us: i64,
+    kind: &'static str,
+    /// trace_id, agent, user_id, token_id, session, client_era, upstream_era, server, method,
+    /// tool, args_fingerprint, decision, rule_id, approval_ref.
+    text: [Option<String>; 14],
+    findings: String,
+    outcome: Option<&'static str>,
+    error_code: Option<i64>,
+    latency_us: Option<i64>,
+    bytes_in: Option<i64>,
+    bytes_out: Option<i64>,
+}
+
+impl Encoded {
+    fn new(r: &AuditRecord) -> Result<Self, StoreError> {
+        let e = &r.event;
+        let mut findings = Vec::new();
+        crate::record::canonical_json(
+            &serde_json::to_value(&e.findings).unwrap_or(serde_json::Value::Array(Vec::new())),
+            &mut findings,
+        );
+        let (outcome, error_code) = match e.outcome {
+            None => (None, None),
+            Some(Outcome::Ok) => (Some("ok"), None),
+            Some(Outcome::Error { code }) => (Some("error"), Some(code)),
+        };
+        Ok(Self {
+            chain_id: r.chain_id.clone(),
+            seq: i64::try_from(r.seq).map_err(|_| StoreError::Range("seq"))?,
+            prev_hash: r.prev_hash.to_hex(),
+            hash: r.hash.to_hex(),
+            time_us: e.time_us,
+            kind: e.kind.as_str(),
+            text: [
+                e.trace_id.clone(),
+                e.principal.agent.clone(),
+                e.principal.user.clone(),
+                e.principal.token_id.clone(),
+                e.session.clone(),
+                e.client_era.clone(),
+                e.upstream_era.clone(),
+                e.server.clone(),
+                e.method.clone(),
+                e.tool.clone(),
+                e.args_fingerprint.clone(),
+                e.decision.clone(),
+                e.rule_id.clone(),
+                e.approval_ref.clone(),
+            ],
+            findings: String::from_utf8(findings).unwrap_or_default(),
+            outcome,
+            error_code,
+            latency_us: e.latency_us,
+            bytes_in: e.bytes_in,
+            bytes_out: e.bytes_out,
+        })
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Loading checkpoint keys from files and the environment (the IO around
+/// [`SigningKeyFile::parse`] and [`KeyRing::add_text`]).
+pub mod keys {
+    use super::*;
+
+    /// The environment variable holding the signing key (PEM or 64 hex digits).
+    pub const ENV: &str = "PORTCULLIS_AUDIT_KEY";
+
+    /// Reads a signing key from `file`, or else from [`ENV`]; `Ok(None)` when neither is set.
+    pub fn load_signer(file: Option<&Path>) -> Result<Option<SigningKeyFile>, KeyError> {
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| KeyError::Read {
+                what: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            return SigningKeyFile::parse(&text).map(Some);
+        }
+        match std::env::var(ENV) {
+            Ok(text) => SigningKeyFile::parse(&text).map(Some),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(e) => Err(KeyError::Read {
+                what: ENV.into(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Reads trusted keys (private or public PEM, or hex seed) from `file`, or else from [`ENV`].
+    pub fn load_ring(file: Option<&Path>) -> Result<KeyRing, KeyError> {
+        let mut ring = KeyRing::new();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| KeyError::Read {
+                what: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            ring.add_text(&text)?;
+        } else if let Ok(text) = std::env::var(ENV) {
+            ring.add_text(&text)?;
+        }
+        Ok(ring)
+    }
+}
+
+/// Writer settings.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// The chain this writer owns (one per replica).
+    pub chain_id: String,
+    /// Sign a checkpoint after this many records.
+    pub checkpoint_every: u64,
+    /// ... or after this long with unsigned records.
+    pub checkpoint_interval: Duration,
+    /// Most appends per transaction; 1 disables group commit (one transaction per record).
+    pub max_batch: usize,
+    /// Appends queued before `append` waits (bounded memory).
+    pub queue: usize,
+}
+
+impl WriterConfig {
+    /// Defaults: checkpoint every 1,000 records or 10 s, batches of up to 1,024, queue 8,192.
+    pub fn new(chain_id: impl Into<String>) -> Self {
+        Self {
+            chain_id: chain_id.into(),
+            checkpoint_every: 1_000,
+            checkpoint_interval: Duration::from_secs(10),
+            max_batch: 1_024,
+            queue: 8_192,
+        }
+    }
+}
+
+/// Where an appended record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Its seq.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: Hash,
+}
+
+/// Resolves one append once its transaction committed (or failed).
+type AppendAck = oneshot::Sender<Result<Appended, AppendError>>;
+
+/// Messages to the writer task; an append carries its event boxed (the enum stays small in
+/// the bounded queue).
+enum Request {
+    Append(Box<AuditEvent>, AppendAck),
+    Shutdown(oneshot::Sender<Result<(), Arc<StoreError>>>),
+}
+
+/// Handle to the single writer task of one chain. Cloning shares the task.
+#[derive(Debug, Clone)]
+pub struct AuditWriter {
+    /// Appends and the shutdown request, in order, to the writer task (bounded: `queue`).
+    tx: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Append(..) => "Append",
+            Self::Shutdown(_) => "Shutdown",
+        })
+    }
+}
+
+/// Errors from [`AuditWriter::append`]: the store's error, shared by every append of the failed
+/// batch.
+pub type AppendError = Arc<StoreError>;
+
+impl AuditWriter {
+    /// Reads the chain head and starts the writer task. Without a signer no checkpoints are
+    /// written (verification then cannot detect truncation).
+    pub async fn start(
+        store: AuditStore,
+        config: WriterConfig,
+        signer: Option<Arc<SigningKeyFile>>,
+    ) -> Result<Self, StoreError> {
+        let head = store.head(&config.chain_id).await?;
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
+        let task = WriterTask {
+            store,
+            since_checkpoint: 0,
+            head,
+            config,
+            signer,
+            reload_head: false,
+        };
+        tokio::spawn(task.run(rx));
+        Ok(Self { tx })
+    }
+
+    /// Appends `event`; resolves once the record is committed (durable).
+    pub async fn append(&self, event: AuditEvent) -> Result<Appended, AppendError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Request::Append(Box::new(event), ack))
+            .await
+            .map_err(|_| Arc::new(StoreError::WriterStopped))?;
+        done.await
+            .map_err(|_| Arc::new(StoreError::WriterStopped))?
+    }
+
+    /// Flushes queued appends, signs a final checkpoint and stops the task.
+    pub async fn shutdown(&self) -> Result<(), AppendError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Request::Shutdown(ack))
+            .await
+            .map_err(|_| Arc::new(StoreError::WriterStopped))?;
+        done.await
+            .map_err(|_| Arc::new(StoreError::WriterStopped))?
+    }
+}
+
+struct WriterTask {
+    store: AuditStore,
+    config: WriterConfig,
+    signer: Option<Arc<SigningKeyFile>>,
+    /// The last committed record of the chain.
+    head: ChainHead,
+    /// Records committed since the last checkpoint.
+    since_checkpoint: u64,
+    /// A commit failed: the head in the database is unknown, re-read it before the next batch.
+    reload_head: bool,
+}
+
+impl WriterTask {
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut tick = tokio::time::interval(self.config.checkpoint_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        let max_batch = self.config.max_batch.max(1);
+        loop {
+            tokio::select! {
+                request = rx.recv() => match request {
+                    Some(Request::Append(event, ack)) => {
+                        let mut batch = vec![(event, ack)];
+                        let mut shutdown = None;
+                        while batch.len() < max_batch {
+                            match rx.try_recv() {
+                                Ok(Request::Append(e, a)) => batch.push((e, a)),
+                                Ok(Request::Shutdown(a)) => { shutdown = Some(a); break; }
+                                Err(_) => break,
+                            }
+                        }
+                        self.commit(batch).await;
+                        if let Some(ack) = shutdown {
+                            let _ = ack.send(self.checkpoint_now().await);
+                            return;
+                        }
+                    }
+                    Some(Request::Shutdown(ack)) => {
+                        let _ = ack.send(self.checkpoint_now().await);
+                        return;
+                    }
+                    None => {
+                        let _ = self.checkpoint_now().await;
+                        return;
+                    }
+                },
+                _ = tick.tick(), if self.since_checkpoint > 0 => {
+                    if let Err(error) = self.checkpoint_now().await {
+                        tracing::warn!(%error, "audit checkpoint failed");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn commit(&mut self, batch: Vec<(Box<AuditEvent>, AppendAck)>) {
+        if self.reload_head {
+            match self.store.head(&self.config.chain_id).await {
+                Ok(head) => {
+                    self.head = head;
+                    self.reload_head = false;
+                }
+                Err(e) => {
+                    let e = Arc::new(e);
+                    for (_, ack) in batch {
+                        let _ = ack.send(Err(e.clone()));
+                    }
+                    return;
+                }
+            }
+        }
+        let mut head = self.head.clone();
+        let mut acks = Vec::with_capacity(batch.len());
+        let mut records = Vec::with_capacity(batch.len());
+        for (event, ack) in batch {
+            let record = head.append(*event);
+            acks.push((
+                ack,
+                Appended {
+                    seq: record.seq,
+                    hash: record.hash,
+                },
+            ));
+            records.push(record);
+        }
+        let n = records.len() as u64;
+        let checkpoint = match &self.signer {
+            Some(signer) if self.since_checkpoint + n >= self.config.checkpoint_every => {
+                Some(signer.sign(&head.chain_id, head.seq, head.hash, now_us()))
+            }
+            _ => None,
+        };
+        match self.store.insert(&records, checkpoint.as_ref()).await {
+            Ok(()) => {
+                self.head = head;
+                self.since_checkpoint = if checkpoint.is_some() {
+                    0
+                } else {
+                    self.since_checkpoint + n
+                };
+                for (ack, appended) in acks {
+                    let _ = ack.send(Ok(appended));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit append failed");
+                self.reload_head = true;
+                let e = Arc::new(e);
+                for (ack, _) in acks {
+                    let _ = ack.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    async fn checkpoint_now(&mut self) -> Result<(), AppendError> {
+        let Some(signer) = &self.signer else {
+            return Ok(());
+        };
+        if self.since_checkpoint == 0 || self.head.seq == 0 {
+            return Ok(());
+        }
+        let cp = signer.sign(&self.head.chain_id, self.head.seq, self.head.hash, now_us());
+        self.store.insert(&[], Some(&cp)).await.map_err(Arc::new)?;
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! Running the gateway: bind the listener, serve until a shutdown signal, hot-reload the config
+//! file, reap idle sessions, and stop every upstream (children reaped) on the way out.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_config::Config;
+use tokio::net::TcpListener;
+
+use crate::edge;
+use crate::state::Gateway;
+
+/// A running gateway, for callers that need its address (tests, `serve` printing URLs).
+pub struct Running {
+    pub gateway: Arc<Gateway>,
+    pub local_addr: std::net::SocketAddr,
+    /// Resolves when the server has stopped and every upstream is shut down.
+    pub done: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Binds `config.listen` and serves until `shutdown` resolves.
+pub async fn start(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
+    start_on(listener, config, shutdown)
+}
+
+/// Serves on an already bound listener (tests bind 127.0.0.1:0).
+pub fn start_on(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    let local_addr = listener.local_addr()?;
+    let source = config.source.clone();
+    let idle = config.limits.session_idle_timeout;
+    let gateway = Gateway::new(config);
+    let app = edge::router(gateway.clone());
+
+    let reaper = tokio::spawn(reap_sessions(gateway.clone(), idle));
+    let watcher = source.map(|path| tokio::spawn(watch_config(gateway.clone(), path)));
+
+    let state = gateway.clone();
+    let streams = gateway.clone();
+    let shutdown = async move {
+        shutdown.await;
+        streams.legacy_sse.close_all(); // open HTTP+SSE streams would hold the shutdown forever
+    };
+    let stopping = gateway.clone();
+    let done = tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stopping.shutting_down.cancel();
+            })
+            .await;
+        reaper.abort();
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
+        state.shutdown().await;
+        result.map_err(anyhow::Error::from)
+    });
+    Ok(Running {
+        gateway,
+        local_addr,
+        done,
+    })
+}
+
+async fn reap_sessions(gateway: Arc<Gateway>, idle: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30).min(idle));
+    loop {
+        tick.tick().await;
+        for session in gateway.sessions.reap_idle(idle) {
+            tracing::info!(session = %session.id, "idle session ended");
+            for entry in gateway.runtime().catalog.values() {
+                entry.connector.release(&session.id).await;
+            }
+        }
+    }
+}
+
+/// Applies every good revision of the config file; a bad one keeps the running config.
+async fn watch_config(gateway: Arc<Gateway>, path: std::path::PathBuf) {
+    let mut revisions = match portcullis_config::watch(path.clone()) {
+        Ok(revisions) => revisions,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "config hot reload disabled");
+            return;
+        }
+    };
+    while let Some(revision) = revisions.recv().await {
+        match revision {
+            Ok(config) => {
+                if config.listen != gateway.runtime().config.listen {
+                    tracing::warn!(
+                        "listen address changed in the config file; it takes effect only after a restart"
+                    );
+                }
+                for warning in config.warnings() {
+                    tracing::warn!(%warning, "config warning");
+                }
+                gateway.reload(config).await;
+                tracing::info!(path = %path.display(), "config reloaded");
+            }
+            Err(errors) => {
+                tracing::error!(path = %path.display(), %errors, "config reload rejected; keeping the last good config")
+            }
+        }
+    }
+}

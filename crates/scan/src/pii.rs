@@ -1,0 +1,734 @@
+//! Personal data: emails, phone numbers, US SSNs, payment cards (Luhn), IBANs (mod-97), IP
+//! addresses, dates of birth and passport-like numbers, each its own [`Category`].
+//!
+//! Numbers are found in one pass: a single regex yields "numeric runs" (digit groups joined by
+//! one space, dot, dash or parentheses, with an optional leading `+`), and each run is
+//! classified by structure and checksum. A hand-written byte scan runs that regex only inside
+//! stretches of number characters holding enough digits to matter (7, or 4 with 3 dots for an
+//! IPv4 address); IBANs are tried only where two letters meet two digits, and the date-of-birth
+//! and passport patterns only when one Aho-Corasick pass finds their keywords. Checksums (Luhn, mod-97), octet ranges and SSN
+//! validity rules keep random identifiers out. Unseparated digit runs count as phone numbers
+//! only after a phone keyword or a `+`.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::bytes::Regex;
+
+use crate::{Category, Finding, ScanError, Severity, bytes_regex, char_span};
+
+/// Compiled PII patterns.
+#[derive(Debug)]
+pub struct PiiDetector {
+    email: Regex,
+    numeric: Regex,
+    /// The IBAN pattern anchored at the start, for candidate positions.
+    iban_at: Regex,
+    /// Keywords of the date-of-birth pattern: it runs only when one occurs.
+    dob_keywords: AhoCorasick,
+    /// `passport`, likewise.
+    passport_keyword: AhoCorasick,
+    ipv6: Regex,
+    dob: Regex,
+    passport: Regex,
+    phone_keyword: Regex,
+}
+
+impl PiiDetector {
+    /// Compile the patterns.
+    pub fn new() -> Result<Self, ScanError> {
+        Ok(PiiDetector {
+            email: bytes_regex(
+                "pii.email",
+                r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}\b",
+            )?,
+            numeric: bytes_regex(
+                "pii.numeric",
+                r"(?:\+ ?)?(?:\(\d{1,5}\) ?)?\d+(?:(?:[ .\-]|\) ?| ?\(|[ .\-]\()\d+\)?)*(?: ?(?:x|ext\.?) ?\d{1,5}\b)?",
+            )?,
+            iban_at: bytes_regex(
+                "pii.iban",
+                r"^(?:\b[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?\b)",
+            )?,
+            dob_keywords: keywords(DOB_KEYWORDS)?,
+            passport_keyword: keywords(&["passport"])?,
+            ipv6: bytes_regex(
+                "pii.ipv6",
+                r"(?i)(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}|(?:[0-9a-f]{1,4}:){1,6}:(?:[0-9a-f]{1,4}:){0,5}[0-9a-f]{1,4}",
+            )?,
+            dob: bytes_regex(
+                "pii.dob",
+                r"(?i)\b(?:born(?:\s+on)?|d\.?o\.?b\.?|date\s+of\s+birth|birth\s*date|birthday)\s*[:\-]?\s*(?:is\s+|was\s+|of\s+)?(\d{1,4}[./\-]\d{1,2}[./\-]\d{1,4}|(?:\d{1,2}(?:st|nd|rd|th)?\s+)?(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+(?:\d{1,2}(?:st|nd|rd|th)?,?\s+)?\d{4})",
+            )?,
+            passport: bytes_regex(
+                "pii.passport",
+                r"(?i)\bpassport(?:\s+(?:no|number|num|#|id))?\.?\s*(?:is\s+)?[:#]?\s*([A-Z0-9]{6,9})\b",
+            )?,
+            phone_keyword: bytes_regex(
+                "pii.phone-keyword",
+                r"(?i)(?:phone|tel|mobile|cell|fax|call|whatsapp|contact|sms|text)\b[^\n]{0,24}$",
+            )?,
+        })
+    }
+
+    /// Every PII finding in `text`.
+    pub fn scan(&self, text: &str) -> Vec<Finding> {
+        let bytes = text.as_bytes();
+        let mut out = Vec::new();
+        if memchr::memchr(b'@', bytes).is_some() {
+            for m in self.email.find_iter(bytes) {
+                push(
+                    &mut out,
+                    text,
+                    Category::Email,
+                    "pii.email",
+                    Severity::Medium,
+                    m.start(),
+                    m.end(),
+                );
+            }
+        }
+        self.numeric_runs(text, &mut out);
+        let mut cursor = 0;
+        while let Some(c) = next_iban_start(bytes, cursor) {
+            let Some(m) = self.iban_at.find(&bytes[c..]) else {
+                cursor = c + 1;
+                continue;
+            };
+            let (ms, me) = (c + m.start(), c + m.end());
+            cursor = me.max(c + 1);
+            if iban_valid(&bytes[ms..me]) {
+                push(
+                    &mut out,
+                    text,
+                    Category::Iban,
+                    "pii.iban",
+                    Severity::High,
+                    ms,
+                    me,
+                );
+            }
+        }
+        if memchr::memmem::find(bytes, b"::").is_some()
+            || bytes.iter().filter(|&&b| b == b':').take(7).count() == 7
+        {
+            for m in self.ipv6.find_iter(bytes) {
+                let s = &text[m.start()..m.end()];
+                if s.parse::<std::net::Ipv6Addr>().is_ok() {
+                    push(
+                        &mut out,
+                        text,
+                        Category::IpAddress,
+                        "pii.ipv6",
+                        Severity::Low,
+                        m.start(),
+                        m.end(),
+                    );
+                }
+            }
+        }
+        let dob = self.dob_keywords.is_match(bytes);
+        let passport = self.passport_keyword.is_match(bytes);
+        for c in self.dob.captures_iter(if dob { bytes } else { b"" }) {
+            if let Some(g) = c.get(1) {
+                push(
+                    &mut out,
+                    text,
+                    Category::DateOfBirth,
+                    "pii.date-of-birth",
+                    Severity::Medium,
+                    g.start(),
+                    g.end(),
+                );
+            }
+        }
+        for c in self
+            .passport
+            .captures_iter(if passport { bytes } else { b"" })
+        {
+            if let Some(g) = c.get(1)
+                && g.as_bytes().iter().any(u8::is_ascii_digit)
+            {
+                push(
+                    &mut out,
+                    text,
+                    Category::Passport,
+                    "pii.passport",
+                    Severity::High,
+                    g.start(),
+                    g.end(),
+                );
+            }
+        }
+        dedup_overlaps(&mut out);
+        out
+    }
+
+    /// The matches of `numeric`, classified, exactly as `find_iter` over the whole text would
+    /// give them, but the regex only runs inside stretches of number characters (every match
+    /// lies within one) that hold enough digits for `classify_numeric` to keep anything.
+    fn numeric_runs(&self, text: &str, out: &mut Vec<Finding>) {
+        let bytes = text.as_bytes();
+        let n = bytes.len();
+        let mut i = 0;
+        while i < n {
+            // Next digit.
+            while i < n && !bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i >= n {
+                break;
+            }
+            // The stretch of number characters around it (earlier stretches are done).
+            let mut s = i;
+            while s > 0 && number_char(bytes[s - 1]) {
+                s -= 1;
+            }
+            let (mut digits, mut dots) = (0usize, 0usize);
+            for &b in &bytes[s..i] {
+                dots += usize::from(b == b'.');
+            }
+            let mut e = i;
+            while e < n && number_char(bytes[e]) {
+                digits += usize::from(bytes[e].is_ascii_digit());
+                dots += usize::from(bytes[e] == b'.');
+                e += 1;
+            }
+            if digits >= 7 || (digits >= 4 && dots >= 3) {
+                let mut pos = s;
+                while pos < e {
+                    match self.numeric.find_at(bytes, pos) {
+                        Some(m) if m.start() < e => {
+                            self.classify_numeric(text, m.start(), m.end(), out);
+                            pos = m.end().max(pos + 1);
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            i = e.max(i + 1);
+        }
+    }
+
+    fn classify_numeric(&self, text: &str, start: usize, end: usize, out: &mut Vec<Finding>) {
+        let bytes = text.as_bytes();
+        // A run glued to letters on either side is an identifier, not a number.
+        if start > 0 && bytes[start - 1].is_ascii_alphanumeric() {
+            return;
+        }
+        if end < bytes.len() && (bytes[end].is_ascii_alphabetic() || bytes[end] == b'_') {
+            return;
+        }
+        let run = &bytes[start..end];
+        let mut end = end;
+        // Trailing sentence punctuation is not part of the number.
+        let mut run = run;
+        while let Some((&last, rest)) = run.split_last() {
+            if last == b'.' || last == b'-' || last == b' ' || last == b'(' {
+                run = rest;
+                end -= 1;
+            } else {
+                break;
+            }
+        }
+        let n = run.iter().filter(|b| b.is_ascii_digit()).count();
+        let ipv4 = is_ipv4(run);
+        if n < 7 && !ipv4 {
+            return;
+        }
+        let groups = run
+            .split(|b| !b.is_ascii_digit())
+            .filter(|g| !g.is_empty())
+            .count();
+        let seps = || run.iter().copied().filter(|b| !b.is_ascii_digit());
+        let plus = run.first() == Some(&b'+');
+
+        if ipv4 {
+            push(
+                out,
+                text,
+                Category::IpAddress,
+                "pii.ipv4",
+                Severity::Low,
+                start,
+                end,
+            );
+            return;
+        }
+        if is_ssn(run) {
+            push(
+                out,
+                text,
+                Category::UsSsn,
+                "pii.us-ssn",
+                Severity::High,
+                start,
+                end,
+            );
+            return;
+        }
+        let uniform_seps = seps().all(|c| c == b' ') || seps().all(|c| c == b'-');
+        let mut digits = [0u8; 19];
+        for (slot, d) in digits
+            .iter_mut()
+            .zip(run.iter().filter(|b| b.is_ascii_digit()))
+        {
+            *slot = *d;
+        }
+        let digits = &digits[..n.min(19)];
+        if !plus && (12..=19).contains(&n) && uniform_seps && card_prefix(digits) && luhn(digits) {
+            push(
+                out,
+                text,
+                Category::PaymentCard,
+                "pii.payment-card",
+                Severity::High,
+                start,
+                end,
+            );
+            return;
+        }
+        if is_date_like(run) {
+            return;
+        }
+        let keyword = {
+            let from = start.saturating_sub(40);
+            let from = char_span(text, from, from).0;
+            self.phone_keyword.is_match(&bytes[from..start])
+        };
+        let structured = groups >= 2
+            && !seps().any(|c| c == b'.')
+            && n <= 15
+            && (groups != 2 || run.contains(&b'('));
+        let dotted = groups >= 3 && seps().all(|c| c == b'.') && n <= 12;
+        let phone = (7..=15).contains(&n)
+            && (plus
+                || keyword
+                || structured
+                || dotted
+                || (groups == 2
+                    && n >= 7
+                    && seps().all(|c| c == b' ' || c == b'-')
+                    && run.len() <= 9));
+        if phone {
+            push(
+                out,
+                text,
+                Category::Phone,
+                "pii.phone",
+                Severity::Medium,
+                start,
+                end,
+            );
+        }
+    }
+}
+
+/// Literals every date-of-birth match contains (ASCII case ignored).
+const DOB_KEYWORDS: &[&str] = &["born", "birth", "date", "dob", "d.o", "do.b"];
+
+fn keywords(words: &[&str]) -> Result<AhoCorasick, ScanError> {
+    AhoCorasickBuilder::new()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::LeftmostFirst)
+        .build(words)
+        .map_err(|_| ScanError::Gate)
+}
+
+/// A byte the `numeric` pattern can match: digits, `+ ( ) . -`, space and the `x`/`ext` suffix.
+fn number_char(b: u8) -> bool {
+    matches!(
+        b,
+        b'0'..=b'9' | b' ' | b'.' | b'-' | b'(' | b')' | b'+' | b'x' | b'e' | b't'
+    )
+}
+
+/// The next position at or after `from` where an IBAN can start: two ASCII letters, two
+/// digits, and no word character before.
+fn next_iban_start(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut i = from.checked_add(2)?;
+    while i + 1 < bytes.len() {
+        if bytes[i].is_ascii_digit() {
+            if bytes[i + 1].is_ascii_digit()
+                && bytes[i - 1].is_ascii_alphabetic()
+                && bytes[i - 2].is_ascii_alphabetic()
+                && (i == 2 || !(bytes[i - 3].is_ascii_alphanumeric() || bytes[i - 3] == b'_'))
+            {
+                return Some(i - 2);
+            }
+            i += 1;
+        } else if bytes[i + 1].is_ascii_digit() {
+            i += 1;
+        } else {
+            i += 2;
+        }
+    }
+    None
+}
+
+fn push(
+    out: &mut Vec<Finding>,
+    text: &str,
+    category: Category,
+    rule: &'static str,
+    severity: Severity,
+    start: usize,
+    end: usize,
+) {
+    let (start, end) = char_span(text, start, end);
+    if start < end {
+        out.push(Finding {
+            category,
+            severity,
+            rule,
+            start,
+            end,
+        });
+    }
+}
+
+/// Drop findings contained in an earlier, longer one of another category (an IBAN's digits
+/// are not also a phone number).
+fn dedup_overlaps(out: &mut Vec<Finding>) {
+    if out.len() < 2 {
+        return;
+    }
+    out.sort_by_key(|f| (f.start, std::cmp::Reverse(f.end)));
+    let mut kept: Vec<Finding> = Vec::with_capacity(out.len());
+    for f in out.drain(..) {
+        if let Some(last) = kept.last()
+            && f.start >= last.start
+            && f.end <= last.end
+        {
+            continue;
+        }
+        kept.push(f);
+    }
+    *out = kept;
+}
+
+/// Luhn checksum over ASCII digits.
+pub fn luhn(digits: &[u8]) -> bool {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let mut sum = 0u32;
+    for (i, d) in digits.iter().rev().enumerate() {
+        let mut v = u32::from(d - b'0');
+        if i % 2 == 1 {
+            v *= 2;
+            if v > 9 {
+                v -= 9;
+            }
+        }
+        sum += v;
+    }
+    sum.is_multiple_of(10)
+}
+
+/// Issuer prefixes of the major card networks (Visa 4, Mastercard 51–55 and 2221–2720, Amex
+/// 34/37, Diners 30/36/38, Discover/UnionPay/Maestro 6, JCB 35 and 1800/2131).
+fn card_prefix(d: &[u8]) -> bool {
+    match d.first() {
+        Some(b'3' | b'4' | b'5' | b'6') => true,
+        Some(b'2') => {
+            d.starts_with(b"2131")
+                || (d.len() >= 4 && (b"2221"[..] <= d[..4] && d[..4] <= b"2720"[..]))
+        }
+        Some(b'1') => d.starts_with(b"1800"),
+        _ => false,
+    }
+}
+
+fn is_ipv4(run: &[u8]) -> bool {
+    let mut parts = 0;
+    for p in run.split(|&b| b == b'.') {
+        parts += 1;
+        let octet = parts <= 4
+            && !p.is_empty()
+            && p.len() <= 3
+            && p.iter().all(u8::is_ascii_digit)
+            && p.iter().fold(0u16, |v, &d| v * 10 + u16::from(d - b'0')) <= 255;
+        if !octet {
+            return false;
+        }
+    }
+    parts == 4
+}
+
+fn is_ssn(run: &[u8]) -> bool {
+    let parts: Vec<&[u8]> = run.split(|&b| b == b'-' || b == b' ').collect();
+    if parts.len() != 3 || parts[0].len() != 3 || parts[1].len() != 2 || parts[2].len() != 4 {
+        return false;
+    }
+    if !parts.iter().all(|p| p.iter().all(u8::is_ascii_digit)) {
+        return false;
+    }
+    let sep_ok = run[3] == run[6];
+    let area = parts[0];
+    sep_ok
+        && area != b"000"
+        && area != b"666"
+        && area[0] != b'9'
+        && parts[1] != b"00"
+        && parts[2] != b"0000"
+}
+
+fn is_date_like(run: &[u8]) -> bool {
+    let parts: Vec<&[u8]> = run
+        .split(|&b| b == b'-' || b == b'/' || b == b'.')
+        .collect();
+    if parts.len() != 3
+        || !parts
+            .iter()
+            .all(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))
+    {
+        return false;
+    }
+    let l: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+    matches!(
+        l.as_slice(),
+        [4, 1..=2, 1..=2] | [1..=2, 1..=2, 4] | [1..=2, 1..=2, 2]
+    )
+}
+
+/// IBAN lengths by country (ISO 13616 registry).
+const IBAN_LENGTHS: &[(&[u8; 2], usize)] = &[
+    (b"AD", 24),
+    (b"AE", 23),
+    (b"AL", 28),
+    (b"AT", 20),
+    (b"AZ", 28),
+    (b"BA", 20),
+    (b"BE", 16),
+    (b"BG", 22),
+    (b"BH", 22),
+    (b"BR", 29),
+    (b"BY", 28),
+    (b"CH", 21),
+    (b"CR", 22),
+    (b"CY", 28),
+    (b"CZ", 24),
+    (b"DE", 22),
+    (b"DK", 18),
+    (b"DO", 28),
+    (b"EE", 20),
+    (b"EG", 29),
+    (b"ES", 24),
+    (b"FI", 18),
+    (b"FO", 18),
+    (b"FR", 27),
+    (b"GB", 22),
+    (b"GE", 22),
+    (b"GI", 23),
+    (b"GL", 18),
+    (b"GR", 27),
+    (b"GT", 28),
+    (b"HR", 21),
+    (b"HU", 28),
+    (b"IE", 22),
+    (b"IL", 23),
+    (b"IQ", 23),
+    (b"IS", 26),
+    (b"IT", 27),
+    (b"JO", 30),
+    (b"KW", 30),
+    (b"KZ", 20),
+    (b"LB", 28),
+    (b"LC", 32),
+    (b"LI", 21),
+    (b"LT", 20),
+    (b"LU", 20),
+    (b"LV", 21),
+    (b"MC", 27),
+    (b"MD", 24),
+    (b"ME", 22),
+    (b"MK", 19),
+    (b"MR", 27),
+    (b"MT", 31),
+    (b"MU", 30),
+    (b"NL", 18),
+    (b"NO", 15),
+    (b"PK", 24),
+    (b"PL", 28),
+    (b"PS", 29),
+    (b"PT", 25),
+    (b"QA", 29),
+    (b"RO", 24),
+    (b"RS", 22),
+    (b"SA", 24),
+    (b"SC", 31),
+    (b"SE", 24),
+    (b"SI", 19),
+    (b"SK", 24),
+    (b"SM", 27),
+    (b"ST", 25),
+    (b"SV", 28),
+    (b"TL", 23),
+    (b"TN", 24),
+    (b"TR", 26),
+    (b"UA", 29),
+    (b"VA", 22),
+    (b"VG", 24),
+    (b"XK", 20),
+];
+
+/// ISO 13616 check: known country, its length, and the mod-97 remainder 1. Spaces are ignored,
+/// letters of any case accepted.
+pub fn iban_valid(raw: &[u8]) -> bool {
+    let s: Vec<u8> = raw
+        .iter()
+        .filter(|b| **b != b' ')
+        .map(u8::to_ascii_uppercase)
+        .collect();
+    if s.len() < 15 || s.len() > 34 || !s.iter().all(u8::is_ascii_alphanumeric) {
+        return false;
+    }
+    let Some(&(_, len)) = IBAN_LENGTHS.iter().find(|(c, _)| c[..] == s[..2]) else {
+        return false;
+    };
+    if s.len() != len || !s[2].is_ascii_digit() || !s[3].is_ascii_digit() {
+        return false;
+    }
+    let mut rem: u32 = 0;
+    for &b in s[4..].iter().chain(&s[..4]) {
+        if b.is_ascii_digit() {
+            rem = (rem * 10 + u32::from(b - b'0')) % 97;
+        } else {
+            let v = u32::from(b - b'A') + 10;
+            rem = (rem * 100 + v) % 97;
+        }
+    }
+    rem == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cats(text: &str) -> Vec<(Category, String)> {
+        let d = PiiDetector::new().unwrap();
+        d.scan(text)
+            .into_iter()
+            .map(|f| (f.category, text[f.start..f.end].to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn luhn_checksum() {
+        assert!(luhn(b"4111111111111111"));
+        assert!(luhn(b"79927398713"));
+        assert!(!luhn(b"4111111111111112"));
+        assert!(!luhn(b""));
+        assert!(!luhn(b"12a4"));
+    }
+
+    #[test]
+    fn iban_checksum() {
+        assert!(iban_valid(b"DE89370400440532013000"));
+        assert!(iban_valid(b"GB29 NWBK 6016 1331 9268 19"));
+        assert!(iban_valid(b"gb29nwbk60161331926819"));
+        assert!(!iban_valid(b"GB29NWBK60161331926818"));
+        assert!(!iban_valid(b"US29NWBK60161331926819"));
+        assert!(!iban_valid(b"DE8937040044053201300"));
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(
+            cats("write to jane.doe+x@mail.example.org today"),
+            vec![(Category::Email, "jane.doe+x@mail.example.org".into())]
+        );
+        assert!(cats("a @ b and user@localhost").is_empty());
+    }
+
+    #[test]
+    fn cards_need_luhn_and_issuer() {
+        assert_eq!(
+            cats("card 4111 1111 1111 1111 ok"),
+            vec![(Category::PaymentCard, "4111 1111 1111 1111".into())]
+        );
+        assert_eq!(
+            cats("amex 378282246310005."),
+            vec![(Category::PaymentCard, "378282246310005".into())]
+        );
+        assert!(cats("order 4111111111111112").is_empty());
+        assert!(cats("id 9111111111111111").is_empty());
+    }
+
+    #[test]
+    fn ssn_rules() {
+        assert_eq!(
+            cats("SSN 123-45-6789"),
+            vec![(Category::UsSsn, "123-45-6789".into())]
+        );
+        assert!(
+            !cats("no 000-12-3456")
+                .iter()
+                .any(|(c, _)| *c == Category::UsSsn)
+        );
+        assert!(
+            !cats("no 666-12-3456")
+                .iter()
+                .any(|(c, _)| *c == Category::UsSsn)
+        );
+    }
+
+    #[test]
+    fn phones_international() {
+        for p in [
+            "+44 20 7946 0958",
+            "(212) 555-0199",
+            "212-555-0199",
+            "+33 1 23 45 67 89",
+            "06 12 34 56 78",
+            "+1-202-555-0147x12",
+        ] {
+            let found = cats(&format!("call me at {p} please"));
+            assert!(
+                found.iter().any(|(c, v)| *c == Category::Phone && v == p),
+                "{p}: {found:?}"
+            );
+        }
+        assert!(cats("version 3.14159 and 2024-05-14 and $2,099.00").is_empty());
+        assert!(cats("order number 12345678 shipped").is_empty());
+    }
+
+    #[test]
+    fn ip_addresses() {
+        assert_eq!(
+            cats("from 192.168.10.254 x"),
+            vec![(Category::IpAddress, "192.168.10.254".into())]
+        );
+        assert!(
+            cats("from 999.168.10.254 x")
+                .iter()
+                .all(|(c, _)| *c != Category::IpAddress)
+        );
+        assert_eq!(
+            cats("host 2001:db8::ff00:42:8329"),
+            vec![(Category::IpAddress, "2001:db8::ff00:42:8329".into())]
+        );
+        assert!(cats("at 12:30:45 today").is_empty());
+    }
+
+    #[test]
+    fn iban_in_text() {
+        assert_eq!(
+            cats("pay to DE89 3704 0044 0532 0130 00 now"),
+            vec![(Category::Iban, "DE89 3704 0044 0532 0130 00".into())]
+        );
+    }
+
+    #[test]
+    fn dob_and_passport() {
+        let f = cats("Maria Lopez, born on 12/03/1987, passport number X1234567");
+        assert!(
+            f.contains(&(Category::DateOfBirth, "12/03/1987".into())),
+            "{f:?}"
+        );
+        assert!(
+            f.contains(&(Category::Passport, "X1234567".into())),
+            "{f:?}"
+        );
+        assert!(cats("the passport office is open").is_empty());
+    }
+}
