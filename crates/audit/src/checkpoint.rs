@@ -9,6 +9,11 @@
 //! big-endian length + UTF-8, `seq` u64 BE, `head_hash` 32 bytes, `time_us` i64 BE, `key_id` as
 //! u32 BE length + UTF-8.
 //!
+//! A *tombstone* is the same statement signed under another domain
+//! (`b"portcullis-audit-tombstone-v1\0"`): "records 1..=`seq` of this chain were deleted by
+//! retention; record `seq` hashed to `head_hash`". The separate domain means a routine
+//! checkpoint can never be passed off as permission to delete a prefix.
+//!
 //! Keys are parsed here from text (PKCS#8 PEM, or a 32-byte seed as 64 hex digits); reading the
 //! file or environment variable is the caller's IO ([`crate::store::keys`]). The key id is the
 //! first 16 hex digits of SHA-256 of the public key, so it never needs configuring.
@@ -39,8 +44,26 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
+/// What a signature over a chain head means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A checkpoint: the chain had these records.
+    Checkpoint,
+    /// A tombstone: records up to `seq` were deleted by retention.
+    Tombstone,
+}
+
+impl Purpose {
+    fn domain(self) -> &'static [u8] {
+        match self {
+            Purpose::Checkpoint => b"portcullis-audit-checkpoint-v1\0",
+            Purpose::Tombstone => b"portcullis-audit-tombstone-v1\0",
+        }
+    }
+}
+
 impl Checkpoint {
-    /// The bytes the signature covers.
+    /// The bytes a checkpoint's signature covers.
     pub fn signed_bytes(
         chain_id: &str,
         seq: u64,
@@ -48,8 +71,27 @@ impl Checkpoint {
         time_us: i64,
         key_id: &str,
     ) -> Vec<u8> {
+        Self::signed_bytes_for(
+            Purpose::Checkpoint,
+            chain_id,
+            seq,
+            head_hash,
+            time_us,
+            key_id,
+        )
+    }
+
+    /// The bytes signed for `purpose`.
+    pub fn signed_bytes_for(
+        purpose: Purpose,
+        chain_id: &str,
+        seq: u64,
+        head_hash: &Hash,
+        time_us: i64,
+        key_id: &str,
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(128);
-        out.extend_from_slice(b"portcullis-audit-checkpoint-v1\0");
+        out.extend_from_slice(purpose.domain());
         push_str(&mut out, chain_id);
         out.extend_from_slice(&seq.to_be_bytes());
         out.extend_from_slice(&head_hash.0);
@@ -137,7 +179,30 @@ impl SigningKeyFile {
 
     /// Signs a checkpoint over the given head.
     pub fn sign(&self, chain_id: &str, seq: u64, head_hash: Hash, time_us: i64) -> Checkpoint {
-        let bytes = Checkpoint::signed_bytes(chain_id, seq, &head_hash, time_us, &self.id);
+        self.sign_for(Purpose::Checkpoint, chain_id, seq, head_hash, time_us)
+    }
+
+    /// Signs a tombstone: records `1..=seq` deleted, record `seq` hashed to `head_hash`.
+    pub fn sign_tombstone(
+        &self,
+        chain_id: &str,
+        seq: u64,
+        head_hash: Hash,
+        time_us: i64,
+    ) -> Checkpoint {
+        self.sign_for(Purpose::Tombstone, chain_id, seq, head_hash, time_us)
+    }
+
+    fn sign_for(
+        &self,
+        purpose: Purpose,
+        chain_id: &str,
+        seq: u64,
+        head_hash: Hash,
+        time_us: i64,
+    ) -> Checkpoint {
+        let bytes =
+            Checkpoint::signed_bytes_for(purpose, chain_id, seq, &head_hash, time_us, &self.id);
         let signature = self.key.sign(&bytes);
         Checkpoint {
             chain_id: chain_id.to_owned(),
@@ -200,6 +265,12 @@ impl KeyRing {
 
     /// Checks a checkpoint's signature.
     pub fn check(&self, cp: &Checkpoint) -> SignatureCheck {
+        self.check_for(Purpose::Checkpoint, cp)
+    }
+
+    /// Checks a signature made for `purpose` (a tombstone does not verify as a checkpoint, nor
+    /// the other way round).
+    pub fn check_for(&self, purpose: Purpose, cp: &Checkpoint) -> SignatureCheck {
         let Some(key) = self.keys.get(&cp.key_id) else {
             return SignatureCheck::UnknownKey;
         };
@@ -208,8 +279,14 @@ impl KeyRing {
             return SignatureCheck::Invalid;
         }
         let signature = Signature::from_bytes(&raw);
-        let bytes =
-            Checkpoint::signed_bytes(&cp.chain_id, cp.seq, &cp.head_hash, cp.time_us, &cp.key_id);
+        let bytes = Checkpoint::signed_bytes_for(
+            purpose,
+            &cp.chain_id,
+            cp.seq,
+            &cp.head_hash,
+            cp.time_us,
+            &cp.key_id,
+        );
         match key.verify_strict(&bytes, &signature) {
             Ok(()) => SignatureCheck::Valid,
             Err(_) => SignatureCheck::Invalid,
@@ -236,6 +313,25 @@ mod tests {
         let mut other = cp.clone();
         other.key_id = "0011223344556677".into();
         assert_eq!(ring.check(&other), SignatureCheck::UnknownKey);
+    }
+
+    #[test]
+    fn checkpoints_and_tombstones_do_not_verify_as_each_other() {
+        let signer = SigningKeyFile::parse(SEED).unwrap();
+        let mut ring = KeyRing::new();
+        ring.add(signer.verifying_key());
+        let cp = signer.sign("c", 10, Hash([7; 32]), 1);
+        let tomb = signer.sign_tombstone("c", 10, Hash([7; 32]), 1);
+        assert_eq!(ring.check(&cp), SignatureCheck::Valid);
+        assert_eq!(
+            ring.check_for(Purpose::Tombstone, &tomb),
+            SignatureCheck::Valid
+        );
+        assert_eq!(
+            ring.check_for(Purpose::Tombstone, &cp),
+            SignatureCheck::Invalid
+        );
+        assert_eq!(ring.check(&tomb), SignatureCheck::Invalid);
     }
 
     #[test]

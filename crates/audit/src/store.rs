@@ -53,6 +53,12 @@ pub enum StoreError {
     /// A value does not fit the store (seq or size beyond i64).
     #[error("audit storage: value out of range: {0}")]
     Range(&'static str),
+    /// Retention without a signing key: deleting without a signed tombstone would leave a
+    /// silent gap, so nothing is deleted.
+    #[error(
+        "audit retention needs a signing key (its tombstone must be signed); nothing was deleted"
+    )]
+    NoSigner,
 }
 
 impl StoreError {
@@ -190,6 +196,17 @@ pub struct Query {
     pub after: Option<(i64, String, i64)>,
 }
 
+/// SQLite commit durability (PostgreSQL commits are governed by the server's settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous = FULL`: every commit is fsynced (survives a power cut).
+    #[default]
+    Full,
+    /// `synchronous = NORMAL` in WAL mode: a commit reaches the OS before it is acknowledged,
+    /// so it survives the process being killed (`kill -9`), not a power cut.
+    Normal,
+}
+
 /// An audit store: a pool plus the schema.
 #[derive(Debug, Clone)]
 pub struct AuditStore {
@@ -206,7 +223,17 @@ impl AuditStore {
     /// Like [`AuditStore::connect`]; on PostgreSQL, every connection uses `schema` (created if
     /// missing) as its `search_path`. Tests use this to isolate runs.
     pub async fn connect_in_schema(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
-        let store = Self::open(url, schema, true).await?;
+        Self::connect_with(url, schema, Durability::Full).await
+    }
+
+    /// [`AuditStore::connect_in_schema`] with the SQLite commit durability chosen
+    /// ([`Durability::Normal`] survives `kill -9` but not a power cut; PostgreSQL ignores it).
+    pub async fn connect_with(
+        url: &str,
+        schema: Option<&str>,
+        durability: Durability,
+    ) -> Result<Self, StoreError> {
+        let store = Self::open(url, schema, true, durability).await?;
         store.migrate().await?;
         Ok(store)
     }
@@ -214,19 +241,33 @@ impl AuditStore {
     /// Opens an existing store for reading (verify, tail, export): never creates a SQLite file
     /// and never migrates, so a mistyped path is an error rather than an empty, "valid" trail.
     pub async fn open_existing(url: &str) -> Result<Self, StoreError> {
-        Self::open(url, None, false).await
+        Self::open(url, None, false, Durability::Full).await
     }
 
-    async fn open(url: &str, schema: Option<&str>, create: bool) -> Result<Self, StoreError> {
+    async fn open(
+        url: &str,
+        schema: Option<&str>,
+        create: bool,
+        durability: Durability,
+    ) -> Result<Self, StoreError> {
         let backend = if url.starts_with("sqlite:") {
+            // An in-memory database exists per connection: keep exactly one (tests, demos).
+            let memory = url.contains(":memory:");
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(create)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
+                .journal_mode(if memory {
+                    SqliteJournalMode::Memory
+                } else {
+                    SqliteJournalMode::Wal
+                })
+                .synchronous(match durability {
+                    Durability::Full => SqliteSynchronous::Full,
+                    Durability::Normal => SqliteSynchronous::Normal,
+                })
                 .busy_timeout(Duration::from_secs(5));
             Backend::Sqlite(
                 SqlitePoolOptions::new()
-                    .max_connections(4)
+                    .max_connections(if memory { 1 } else { 4 })
                     .connect_with(opts)
                     .await?,
             )
@@ -280,7 +321,8 @@ impl AuditStore {
 
     /// Every chain with records or checkpoints.
     pub async fn chains(&self) -> Result<Vec<String>, StoreError> {
-        let sql = "SELECT chain_id FROM audit_records UNION SELECT chain_id FROM audit_checkpoints ORDER BY 1";
+        let sql = "SELECT chain_id FROM audit_records UNION SELECT chain_id FROM audit_checkpoints \
+                   UNION SELECT chain_id FROM audit_tombstones ORDER BY 1";
         let chains = on_pool!(&self.backend, pool => {
             sqlx::query_scalar::<_, String>(sql).fetch_all(pool).await?
         });
@@ -295,6 +337,16 @@ impl AuditStore {
             sqlx::query_as(sql).bind(chain_id).fetch_optional(pool).await?
         });
         let mut head = ChainHead::new(chain_id);
+        // Retention may have deleted every record: the chain then continues after its tombstone.
+        let row = match row {
+            Some(row) => Some(row),
+            None => self
+                .tombstones(chain_id)
+                .await?
+                .0
+                .pop()
+                .and_then(|t| Some((i64::try_from(t.seq).ok()?, t.head_hash.to_hex()))),
+        };
         if let Some((seq, hash)) = row {
             // A corrupt head is the verifier's business; the writer continues after it so the
             // damage stays visible rather than being papered over.
@@ -376,10 +428,28 @@ impl AuditStore {
         &self,
         chain_id: &str,
     ) -> Result<(Vec<Checkpoint>, Vec<Problem>), StoreError> {
-        let sql = "SELECT seq, head_hash, time_us, key_id, signature FROM audit_checkpoints \
-                   WHERE chain_id = $1 ORDER BY seq, key_id";
+        self.signed_heads("audit_checkpoints", chain_id).await
+    }
+
+    /// The retention tombstones of `chain_id` in seq order (the last one counts).
+    pub async fn tombstones(
+        &self,
+        chain_id: &str,
+    ) -> Result<(Vec<Checkpoint>, Vec<Problem>), StoreError> {
+        self.signed_heads("audit_tombstones", chain_id).await
+    }
+
+    async fn signed_heads(
+        &self,
+        table: &'static str,
+        chain_id: &str,
+    ) -> Result<(Vec<Checkpoint>, Vec<Problem>), StoreError> {
+        let sql = format!(
+            "SELECT seq, head_hash, time_us, key_id, signature FROM {table} \
+             WHERE chain_id = $1 ORDER BY seq, key_id"
+        );
         let rows: Vec<(i64, String, i64, String, String)> = on_pool!(&self.backend, pool => {
-            sqlx::query_as(sql).bind(chain_id).fetch_all(pool).await?
+            sqlx::query_as(AssertSqlSafe(sql.clone())).bind(chain_id).fetch_all(pool).await?
         });
         let mut out = Vec::new();
         let mut problems = Vec::new();
@@ -395,7 +465,7 @@ impl AuditStore {
                 }),
                 _ => problems.push(Problem::Undecodable {
                     seq,
-                    reason: "checkpoint row with a negative seq or a malformed head hash".into(),
+                    reason: format!("{table} row with a negative seq or a malformed head hash"),
                 }),
             }
         }
@@ -471,6 +541,79 @@ impl AuditStore {
         Ok(())
     }
 
+    /// Retention: deletes the records of `chain_id` older than `before_us` (the oldest prefix
+    /// of the chain, up to the first record at or after `before_us`), behind a tombstone signed
+    /// by `signer`, in one transaction with the deletion. Checkpoints inside the deleted prefix
+    /// go too; older tombstones are superseded. Returns the tombstone, or None when nothing is
+    /// old enough. Without a signer nothing is deleted ([`StoreError::NoSigner`]).
+    ///
+    /// Safe next to a running writer of the same chain: it only removes records below the
+    /// first young one, and the writer appends above the head.
+    pub async fn apply_retention(
+        &self,
+        chain_id: &str,
+        before_us: i64,
+        signer: Option<&SigningKeyFile>,
+    ) -> Result<Option<Checkpoint>, StoreError> {
+        let signer = signer.ok_or(StoreError::NoSigner)?;
+        let first_young: Option<i64> = on_pool!(&self.backend, pool => {
+            sqlx::query_scalar("SELECT MIN(seq) FROM audit_records WHERE chain_id = $1 AND time_us >= $2")
+                .bind(chain_id)
+                .bind(before_us)
+                .fetch_one(pool)
+                .await?
+        });
+        let through: Option<i64> = match first_young {
+            Some(seq) => Some(seq - 1),
+            None => on_pool!(&self.backend, pool => {
+                sqlx::query_scalar("SELECT MAX(seq) FROM audit_records WHERE chain_id = $1")
+                    .bind(chain_id)
+                    .fetch_one(pool)
+                    .await?
+            }),
+        };
+        let Some(through) = through.filter(|s| *s > 0) else {
+            return Ok(None);
+        };
+        let head: Option<String> = on_pool!(&self.backend, pool => {
+            sqlx::query_scalar("SELECT hash FROM audit_records WHERE chain_id = $1 AND seq = $2")
+                .bind(chain_id)
+                .bind(through)
+                .fetch_optional(pool)
+                .await?
+        });
+        // The record at the boundary is gone: an earlier run already deleted this prefix.
+        let Some(head) = head.and_then(|h| Hash::from_hex(&h)) else {
+            return Ok(None);
+        };
+        let seq = u64::try_from(through).map_err(|_| StoreError::Range("seq"))?;
+        let tombstone = signer.sign_tombstone(chain_id, seq, head, now_us());
+        on_pool!(&self.backend, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO audit_tombstones (chain_id, seq, head_hash, time_us, key_id, signature) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(chain_id)
+            .bind(through)
+            .bind(tombstone.head_hash.to_hex())
+            .bind(tombstone.time_us)
+            .bind(tombstone.key_id.clone())
+            .bind(tombstone.signature.clone())
+            .execute(&mut *tx)
+            .await?;
+            for sql in [
+                "DELETE FROM audit_records WHERE chain_id = $1 AND seq <= $2",
+                "DELETE FROM audit_checkpoints WHERE chain_id = $1 AND seq <= $2",
+                "DELETE FROM audit_tombstones WHERE chain_id = $1 AND seq < $2",
+            ] {
+                sqlx::query(sql).bind(chain_id).bind(through).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(Some(tombstone))
+    }
+
     /// Verifies every chain in the store against its checkpoints.
     pub async fn verify(&self, ring: &KeyRing) -> Result<Vec<Report>, StoreError> {
         let mut reports = Vec::new();
@@ -483,8 +626,10 @@ impl AuditStore {
     /// Verifies one chain, paging through its records.
     pub async fn verify_chain(&self, chain_id: &str, ring: &KeyRing) -> Result<Report, StoreError> {
         const PAGE: i64 = 5_000;
-        let (checkpoints, bad_rows) = self.checkpoints(chain_id).await?;
-        let mut verifier = Verifier::new(chain_id, &checkpoints, ring);
+        let (checkpoints, mut bad_rows) = self.checkpoints(chain_id).await?;
+        let (tombstones, bad_tombstones) = self.tombstones(chain_id).await?;
+        bad_rows.extend(bad_tombstones);
+        let mut verifier = Verifier::with_tombstones(chain_id, &checkpoints, &tombstones, ring);
         let mut after = i64::MIN;
         loop {
             let page = self.read_page(chain_id, after, PAGE).await?;
@@ -699,6 +844,30 @@ impl std::fmt::Debug for Request {
 /// batch.
 pub type AppendError = Arc<StoreError>;
 
+/// A queued append; [`PendingAppend::durable`] resolves once its transaction committed.
+#[derive(Debug)]
+pub struct PendingAppend(oneshot::Receiver<Result<Appended, AppendError>>);
+
+impl PendingAppend {
+    /// Waits until the record is committed (or its batch failed).
+    pub async fn durable(self) -> Result<Appended, AppendError> {
+        self.0
+            .await
+            .map_err(|_| Arc::new(StoreError::WriterStopped))?
+    }
+}
+
+/// Why [`AuditWriter::try_enqueue`] did not queue a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueueFull {
+    /// The queue is full (the store is slower than the producers).
+    #[error("audit queue full")]
+    Full,
+    /// The writer has stopped.
+    #[error("audit writer stopped")]
+    Stopped,
+}
+
 impl AuditWriter {
     /// Reads the chain head and starts the writer task. Without a signer no checkpoints are
     /// written (verification then cannot detect truncation).
@@ -723,13 +892,36 @@ impl AuditWriter {
 
     /// Appends `event`; resolves once the record is committed (durable).
     pub async fn append(&self, event: AuditEvent) -> Result<Appended, AppendError> {
+        self.enqueue(event).await?.durable().await
+    }
+
+    /// Queues `event` (waiting for room in the bounded queue) without waiting for the commit;
+    /// [`PendingAppend::durable`] waits for it. Records keep their queueing order in the chain.
+    pub async fn enqueue(&self, event: AuditEvent) -> Result<PendingAppend, AppendError> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Request::Append(Box::new(event), ack))
             .await
             .map_err(|_| Arc::new(StoreError::WriterStopped))?;
-        done.await
-            .map_err(|_| Arc::new(StoreError::WriterStopped))?
+        Ok(PendingAppend(done))
+    }
+
+    /// Queues `event` only if the queue has room now (never waits): for records whose
+    /// producers must not be slowed down by a backlog, such as authentication failures.
+    pub fn try_enqueue(&self, event: AuditEvent) -> Result<PendingAppend, QueueFull> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .try_send(Request::Append(Box::new(event), ack))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => QueueFull::Full,
+                mpsc::error::TrySendError::Closed(_) => QueueFull::Stopped,
+            })?;
+        Ok(PendingAppend(done))
+    }
+
+    /// Appends queued and not yet committed (for the backlog metric).
+    pub fn backlog(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Flushes queued appends, signs a final checkpoint and stops the task.

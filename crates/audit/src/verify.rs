@@ -16,6 +16,12 @@
 //! | [`Problem::CheckpointMismatch`] | the record at a signed checkpoint's seq is not the one signed (chain rewritten) |
 //! | [`Problem::BadSignature`] / [`Problem::UnknownKey`] | a checkpoint that does not verify (forged, or signed by an untrusted key) |
 //! | [`Problem::Undecodable`] | a stored row that is not a record (corrupt or tampered column) |
+//! | [`Problem::BadTombstone`] | a retention tombstone that does not verify (forged, or an untrusted key): the records it claims to have deleted are reported missing |
+//!
+//! Retention: a trusted tombstone at seq S (records `1..=S` deleted, record S hashed to H) makes
+//! the chain start at S + 1 with `prev_hash` H; anything else about the remaining records is
+//! checked as usual, so deleting, editing or relinking the oldest remaining record is still
+//! caught, and a tombstone cannot be moved forward without the signing key.
 //!
 //! Checkpoints with a bad signature or unknown key are reported and then ignored. Without any
 //! trusted key ([`KeyRing::is_empty`]) signatures are not checked (the report says so) and
@@ -28,7 +34,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::chain::{Hash, compute_hash};
-use crate::checkpoint::{Checkpoint, KeyRing, SignatureCheck};
+use crate::checkpoint::{Checkpoint, KeyRing, Purpose, SignatureCheck};
 use crate::record::AuditRecord;
 
 /// A stored row that could not be read as a record.
@@ -125,6 +131,13 @@ pub enum Problem {
         /// What was wrong.
         reason: String,
     },
+    /// A retention tombstone whose signature does not verify with a trusted key.
+    BadTombstone {
+        /// The seq it claims records were deleted through.
+        seq: u64,
+        /// The key id it claims.
+        key_id: String,
+    },
 }
 
 impl Problem {
@@ -138,7 +151,8 @@ impl Problem {
             | Self::Inserted { seq, .. }
             | Self::CheckpointMismatch { seq, .. }
             | Self::BadSignature { seq, .. }
-            | Self::UnknownKey { seq, .. } => *seq,
+            | Self::UnknownKey { seq, .. }
+            | Self::BadTombstone { seq, .. } => *seq,
             Self::Missing { from, .. } => *from,
             Self::Moved { found_at, .. } => *found_at,
             Self::Truncated { chain_end, .. } => chain_end + 1,
@@ -218,6 +232,10 @@ impl fmt::Display for Problem {
             Self::Undecodable { seq, reason } => {
                 write!(f, "row with seq {seq} is not a valid record: {reason}")
             }
+            Self::BadTombstone { seq, key_id } => write!(
+                f,
+                "retention tombstone through seq {seq} does not verify (key {key_id}): forged or untrusted, not accepted"
+            ),
         }
     }
 }
@@ -233,8 +251,11 @@ pub struct Report {
     pub last_seq: u64,
     /// Checkpoints found.
     pub checkpoints: u64,
-    /// Seq covered by the latest trusted checkpoint (0: none).
+    /// Seq covered by the latest trusted checkpoint or tombstone (0: none).
     pub signed_through: u64,
+    /// Records `1..=deleted_through` were deleted by retention behind a trusted tombstone
+    /// (0: none).
+    pub deleted_through: u64,
     /// Whether signatures were checked (false without trusted keys).
     pub signatures_checked: bool,
     /// Problems, in chain order.
@@ -260,6 +281,8 @@ pub struct Verifier {
     trusted: BTreeMap<u64, Vec<Checkpoint>>,
     unmatched_checkpoints: BTreeSet<u64>,
     checkpoints: u64,
+    /// Seq of the trusted tombstone (0: none).
+    deleted_through: u64,
     signatures_checked: bool,
     problems: Vec<Problem>,
     records: u64,
@@ -276,6 +299,17 @@ pub struct Verifier {
 impl Verifier {
     /// Starts verifying `chain_id` against its `checkpoints`, trusting the keys in `ring`.
     pub fn new(chain_id: impl Into<String>, checkpoints: &[Checkpoint], ring: &KeyRing) -> Self {
+        Self::with_tombstones(chain_id, checkpoints, &[], ring)
+    }
+
+    /// Like [`Verifier::new`], for a chain whose oldest records retention may have deleted
+    /// behind the signed `tombstones` (the latest trusted one counts).
+    pub fn with_tombstones(
+        chain_id: impl Into<String>,
+        checkpoints: &[Checkpoint],
+        tombstones: &[Checkpoint],
+        ring: &KeyRing,
+    ) -> Self {
         let chain_id = chain_id.into();
         let signatures_checked = !ring.is_empty();
         let mut problems = Vec::new();
@@ -298,15 +332,38 @@ impl Verifier {
                 }),
             }
         }
+        let mut tombstone: Option<&Checkpoint> = None;
+        for t in tombstones.iter().filter(|t| t.chain_id == chain_id) {
+            let check = if signatures_checked {
+                ring.check_for(Purpose::Tombstone, t)
+            } else {
+                SignatureCheck::Valid
+            };
+            if check == SignatureCheck::Valid {
+                if tombstone.is_none_or(|best| t.seq > best.seq) {
+                    tombstone = Some(t);
+                }
+            } else {
+                problems.push(Problem::BadTombstone {
+                    seq: t.seq,
+                    key_id: t.key_id.clone(),
+                });
+            }
+        }
+        // Checkpoints inside the deleted prefix point at records that are gone on purpose.
+        let deleted_through = tombstone.map_or(0, |t| t.seq);
+        trusted.retain(|seq, _| *seq > deleted_through);
         Self {
             chain_id,
             unmatched_checkpoints: trusted.keys().copied().collect(),
             trusted,
             checkpoints: checkpoints.len() as u64,
+            deleted_through,
             signatures_checked,
             problems,
             records: 0,
-            prev: None,
+            // The deleted prefix ends in the tombstone's record: the chain continues from it.
+            prev: tombstone.map(|t| (t.seq, t.head_hash, true)),
             at: HashMap::new(),
             claims: HashMap::new(),
             mismatched: Vec::new(),
@@ -391,7 +448,13 @@ impl Verifier {
             self.problems.push(problem);
         }
         let last_seq = self.prev.map_or(0, |p| p.0);
-        let signed_through = self.trusted.keys().next_back().copied().unwrap_or(0);
+        let signed_through = self
+            .trusted
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(self.deleted_through);
         if signed_through > last_seq {
             self.problems.push(Problem::Truncated {
                 checkpoint_seq: signed_through,
@@ -413,6 +476,7 @@ impl Verifier {
             last_seq,
             checkpoints: self.checkpoints,
             signed_through,
+            deleted_through: self.deleted_through,
             signatures_checked: self.signatures_checked,
             problems: self.problems,
         }
@@ -671,6 +735,103 @@ mod tests {
                 }
             ]
         );
+    }
+
+    fn check_after_retention(
+        records: Vec<AuditRecord>,
+        cps: &[Checkpoint],
+        tombstones: &[Checkpoint],
+    ) -> Report {
+        let mut v = Verifier::with_tombstones("c", cps, tombstones, &ring());
+        for r in records {
+            v.push(Ok(r));
+        }
+        v.finish()
+    }
+
+    #[test]
+    fn signed_tombstone_accounts_for_the_deleted_prefix() {
+        let (r, c) = chain();
+        let tomb = signer().sign_tombstone("c", 10, r[9].hash, 99);
+        let report = check_after_retention(r[10..].to_vec(), &c, &[tomb]);
+        assert!(report.is_ok(), "{:?}", report.problems);
+        assert_eq!(
+            (
+                report.deleted_through,
+                report.last_seq,
+                report.signed_through
+            ),
+            (10, 20, 20)
+        );
+    }
+
+    #[test]
+    fn deleting_past_the_tombstone_is_still_a_gap() {
+        let (r, c) = chain();
+        let tomb = signer().sign_tombstone("c", 10, r[9].hash, 99);
+        let report = check_after_retention(r[11..].to_vec(), &c, &[tomb]);
+        assert_eq!(
+            report.problems,
+            vec![Problem::Missing {
+                after: 10,
+                from: 11,
+                to: 11
+            }]
+        );
+    }
+
+    #[test]
+    fn forged_tombstone_is_named_and_the_prefix_reported_missing() {
+        let (r, c) = chain();
+        // A routine checkpoint moved into the tombstone table does not verify as a tombstone.
+        let replayed = c[0].clone();
+        let report = check_after_retention(r[10..].to_vec(), &c, &[replayed.clone()]);
+        assert_eq!(
+            report.problems,
+            vec![
+                Problem::Missing {
+                    after: 0,
+                    from: 1,
+                    to: 10
+                },
+                Problem::BadTombstone {
+                    seq: 10,
+                    key_id: replayed.key_id.clone()
+                },
+                // The checkpoint at 10 still stands, and its record is gone.
+                Problem::CheckpointMismatch {
+                    seq: 10,
+                    absent: true
+                },
+            ]
+        );
+        // Neither does a tombstone moved forward to cover more records.
+        let mut moved = signer().sign_tombstone("c", 10, r[9].hash, 99);
+        moved.seq = 12;
+        moved.head_hash = r[11].hash;
+        let report = check_after_retention(r[12..].to_vec(), &c, &[moved]);
+        assert!(
+            report.problems.contains(&Problem::Missing {
+                after: 0,
+                from: 1,
+                to: 12
+            }),
+            "{:?}",
+            report.problems
+        );
+        assert_eq!(report.deleted_through, 0);
+    }
+
+    #[test]
+    fn relinked_first_record_after_tombstone_is_caught() {
+        let (r, c) = chain();
+        let tomb = signer().sign_tombstone("c", 10, r[9].hash, 99);
+        let mut rest = r[10..].to_vec();
+        rest[0].prev_hash = Hash([5; 32]);
+        rest[0].hash = compute_hash(&rest[0]);
+        let report = check_after_retention(rest, &c, &[tomb]);
+        assert!(!report.is_ok(), "{:?}", report.problems);
+        assert!(report.problems.iter().any(|p| p.position() <= 20));
     }
 
     #[test]

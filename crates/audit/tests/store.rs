@@ -571,3 +571,120 @@ async fn one_chain_per_replica(db: &Db) {
     );
 }
 store_test!(one_chain_per_replica);
+
+/// Retention deletes the oldest records behind a signed tombstone; verify accepts it, the
+/// writer continues the chain after it (even when every record went), and tampering with what
+/// is left is still caught.
+async fn retention_leaves_a_signed_tombstone(db: &Db) {
+    fill(db, "ret").await;
+    // Records 1..=50 carry times base+1 ..= base+50: keep those at base+21 and later.
+    let before = 1_700_000_000_000_000 + 21;
+    let tomb = db
+        .store
+        .apply_retention("ret", before, Some(&signer()))
+        .await
+        .unwrap()
+        .expect("something to delete");
+    assert_eq!(tomb.seq, 20);
+    let left = records(db, "ret").await;
+    assert_eq!(left.first().map(|r| r.seq), Some(21));
+    let report = db.verify("ret").await;
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!((report.deleted_through, report.last_seq), (20, 50));
+    // Nothing more is old enough: no second tombstone.
+    assert!(
+        db.store
+            .apply_retention("ret", before, Some(&signer()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Without a key, nothing is deleted.
+    assert!(matches!(
+        db.store.apply_retention("ret", i64::MAX, None).await,
+        Err(portcullis_audit::store::StoreError::NoSigner)
+    ));
+    assert_eq!(records(db, "ret").await.len(), 30);
+
+    // Everything deleted: the writer continues at 51 after the tombstone and verify agrees.
+    db.store
+        .apply_retention("ret", i64::MAX, Some(&signer()))
+        .await
+        .unwrap()
+        .expect("all records are old");
+    assert!(records(db, "ret").await.is_empty());
+    let writer = AuditWriter::start(db.store.clone(), WriterConfig::new("ret"), Some(signer()))
+        .await
+        .unwrap();
+    assert_eq!(writer.append(event(51)).await.unwrap().seq, 51);
+    writer.shutdown().await.unwrap();
+    let report = db.verify("ret").await;
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!((report.deleted_through, report.last_seq), (50, 51));
+}
+store_test!(retention_leaves_a_signed_tombstone);
+
+/// Deleting the oldest record left after retention is a gap, not retention.
+async fn deletion_behind_a_tombstone(db: &Db) {
+    fill(db, "ret-del").await;
+    db.store
+        .apply_retention("ret-del", 1_700_000_000_000_000 + 11, Some(&signer()))
+        .await
+        .unwrap()
+        .unwrap();
+    db.exec(
+        "DELETE FROM audit_records WHERE chain_id = $1 AND seq = 11",
+        "ret-del",
+    )
+    .await;
+    let report = db.verify("ret-del").await;
+    assert_eq!(
+        report.problems,
+        vec![Problem::Missing {
+            after: 10,
+            from: 11,
+            to: 11
+        }]
+    );
+}
+store_test!(deletion_behind_a_tombstone);
+
+/// A tombstone moved forward in SQL (to excuse deleting more) no longer verifies.
+async fn forged_tombstone(db: &Db) {
+    fill(db, "ret-forge").await;
+    db.store
+        .apply_retention("ret-forge", 1_700_000_000_000_000 + 11, Some(&signer()))
+        .await
+        .unwrap()
+        .unwrap();
+    db.exec(
+        "DELETE FROM audit_records WHERE chain_id = $1 AND seq <= 15",
+        "ret-forge",
+    )
+    .await;
+    db.exec(
+        "UPDATE audit_tombstones SET seq = 15 WHERE chain_id = $1",
+        "ret-forge",
+    )
+    .await;
+    let report = db.verify("ret-forge").await;
+    assert_eq!(report.deleted_through, 0);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| matches!(p, Problem::BadTombstone { seq: 15, .. })),
+        "{:?}",
+        report.problems
+    );
+    assert!(
+        report.problems.contains(&Problem::Missing {
+            after: 0,
+            from: 1,
+            to: 15
+        }),
+        "{:?}",
+        report.problems
+    );
+}
+store_test!(forged_tombstone);

@@ -3,12 +3,16 @@
 //! Exit codes scripts can rely on: 0 success, 1 the verb's check failed (invalid config, …),
 //! 2 usage error (clap) or the command could not run.
 
+mod approvals;
 mod audit;
+mod catalog;
 mod check;
 mod connect;
+mod control;
 mod demo;
 mod eval;
 mod policy;
+mod scan;
 mod serve;
 
 use std::path::PathBuf;
@@ -84,6 +88,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Pinned tool definitions: `catalog list`, `catalog diff SERVER [TOOL]` (exit 1 when a
+    /// definition changed), `catalog approve SERVER TOOL`, `catalog pin SERVER [TOOL…]`.
+    Catalog(catalog::CatalogArgs),
+    /// Kill switches on a running gateway (admin API): `kill agent NAME | server NAME |
+    /// tool GLOB | all [--reason TEXT]`, `kill --list`. Immediate, also for calls in flight;
+    /// kept across restarts. Exit 0 done, 1 refused by the gateway, 2 usage or unreachable.
+    Kill(control::KillArgs),
+    /// Remove a kill switch: `revive agent NAME | server NAME | tool GLOB | all`.
+    Revive(control::ReviveArgs),
+    /// Task tokens: `token issue --agent-key KEY --servers a,b --tools 'a__*' --ttl 15m
+    /// --max-calls 20` (prints the token), `token revoke ID`, `token list`.
+    Token(control::TokenArgs),
+    /// Static analysis of a server's tool metadata (from --config/--server, --url, or
+    /// `-- CMD ARGS`): findings with severity; exit 0 clean, 1 findings at or above
+    /// --fail-on, 2 error.
+    Scan(scan::ScanArgs),
+    /// Held calls (admin API): `approvals list [--status S]`, `approvals show ID`,
+    /// `approvals approve ID [--reason TEXT]`, `approvals deny ID --reason TEXT`. Exit 0 done,
+    /// 1 refused by the gateway, 2 usage or unreachable.
+    Approvals(approvals::ApprovalsArgs),
     /// Run the demo MCP server on stdio (what the embedded demo's catalog launches).
     #[command(hide = true)]
     DemoServer,
@@ -111,6 +135,12 @@ fn main() -> ExitCode {
         })),
         Command::Policy { command } => return policy::run(command),
         Command::Eval { files, json } => return eval::run(&files, json),
+        Command::Catalog(args) => return catalog::run(args),
+        Command::Kill(args) => return control::kill(args),
+        Command::Revive(args) => return control::revive(args),
+        Command::Token(args) => return control::token(args),
+        Command::Scan(args) => return scan::run(args),
+        Command::Approvals(args) => return approvals::run_approvals(args),
         Command::DemoServer => runtime().block_on(demo::run()),
     };
     match result {

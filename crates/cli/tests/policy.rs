@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use support::*;
 
 /// alice may use everything on `fx` except `fx__get_time`; bob only `fx__echo` and `fx__add`;
-/// `fx__add` with `a > 100` needs approval (which this build refuses); nobody may use `demo`.
+/// `fx__add` with `a > 100` needs approval (held; see `approvals.rs`); nobody may use `demo`.
 const RULES: &str = r#"rules:
   - { id: no-get-time, deny: { tools: ["fx__get_time"] } }
   - { id: big-adds, approve: { tools: ["fx__add"], when: "args.a > 100" } }
@@ -19,7 +19,7 @@ const RULES: &str = r#"rules:
 "#;
 
 const POLICY_DENIED: i64 = -31010;
-const APPROVAL_REQUIRED: i64 = -31011;
+const APPROVAL_EXPIRED: i64 = -31031;
 
 async fn call(gw: &Gateway, path: &str, token: &str, name: &str, arguments: Value) -> Value {
     modern(
@@ -158,14 +158,17 @@ async fn transparent_route_uses_aggregated_name_for_rules() {
 }
 
 #[tokio::test]
-async fn approve_fails_closed() {
-    let gw = gateway_with(RULES).await;
+async fn approve_holds_and_no_decision_is_a_denial() {
+    // The approval flow itself is tested in approvals.rs; here: the rule holds the call, and
+    // without a reviewer it fails closed when the hold times out.
+    let gw = gateway_with(&format!("{RULES}approvals: {{ timeout: 1s }}\n")).await;
     let answer = call(&gw, "/mcp", ALICE, "fx__add", json!({"a": 150, "b": 1})).await;
     assert_refused(
         &answer,
-        APPROVAL_REQUIRED,
-        "call requires approval (rule big-adds); approvals are not available in this build",
+        APPROVAL_EXPIRED,
+        "fx__add was denied: no reviewer decided before the approval timed out (rule big-adds",
     );
+    assert_eq!(answer["error"]["data"]["rule"], "big-adds");
     gw.stop().await;
 }
 
@@ -226,14 +229,15 @@ async fn lists_show_only_what_each_principal_may_use() {
 
 #[tokio::test]
 async fn argument_condition_allows_and_denies() {
-    let gw = gateway_with(RULES).await;
+    // Held calls time out after 1s without a reviewer (a denial).
+    let gw = gateway_with(&format!("{RULES}approvals: {{ timeout: 1s }}\n")).await;
     let small = call(&gw, "/mcp", BOB, "fx__add", json!({"a": 2, "b": 3})).await;
     assert_eq!(first_text_of(&small), "5");
     let big = call(&gw, "/mcp", BOB, "fx__add", json!({"a": 101, "b": 3})).await;
-    assert_refused(&big, APPROVAL_REQUIRED, "rule big-adds");
+    assert_refused(&big, APPROVAL_EXPIRED, "rule big-adds");
     // A condition that cannot be evaluated (a string where a number is compared) fails closed.
     let odd = call(&gw, "/mcp", BOB, "fx__add", json!({"a": "500", "b": 3})).await;
-    assert_refused(&odd, APPROVAL_REQUIRED, "rule big-adds");
+    assert_refused(&odd, APPROVAL_EXPIRED, "rule big-adds");
     gw.stop().await;
 }
 

@@ -301,16 +301,28 @@ impl Cx<'_> {
         let auth = self.auth(raw.auth.unwrap_or_default(), listen, &public_url);
 
         let policy = self.rules(raw.rules);
+        let admin = crate::control::compile_admin(raw.admin, &mut self.errors);
 
-        let mut extensions = BTreeMap::new();
-        for (key, value) in [("scanners", raw.scanners), ("audit", raw.audit)] {
-            if let Some(value) = value {
-                self.warnings.push(format!(
-                    "`{key}` is accepted but not enforced by this build"
-                ));
-                extensions.insert(key.to_owned(), value);
-            }
-        }
+        let extensions = BTreeMap::new();
+        let audit = crate::audit::compile(
+            raw.audit,
+            &crate::audit::AuditEnv {
+                var: &|name| self.loader.var(name),
+                base_dir: self.base_dir.as_deref(),
+            },
+            &mut self.errors,
+            &mut self.warnings,
+        );
+        let server_names: Vec<&str> = servers.keys().map(String::as_str).collect();
+        let scanners = crate::scanners::compile(raw.scanners, &server_names, &mut self.errors);
+        let approvals = crate::approvals::compile(
+            raw.approvals,
+            &crate::approvals::ApprovalsEnv {
+                var: &|name| self.loader.var(name),
+                base_dir: self.base_dir.as_deref(),
+            },
+            &mut self.errors,
+        );
 
         Config {
             listen: listen.unwrap_or_else(default_listen),
@@ -323,6 +335,10 @@ impl Cx<'_> {
             source: None,
             policy: std::sync::Arc::new(policy),
             extensions,
+            admin,
+            approvals,
+            audit,
+            scanners,
             warnings: std::mem::take(&mut self.warnings),
         }
     }
@@ -355,9 +371,11 @@ impl Cx<'_> {
                 Some((effect, m)) => (Some(effect), m),
                 None => (None, raw::RawMatch::default()),
             };
+            let approval = self.approval_spec(i, effect, &m);
             specs.push(RuleSpec {
                 id: rule.id.unwrap_or_default(),
                 effect,
+                approval,
                 matcher: MatchSpec {
                     agents: m.agents,
                     users: m.users,
@@ -381,6 +399,35 @@ impl Cx<'_> {
                 Policy::default()
             }
         }
+    }
+
+    /// The approval options written on rule `i` (`timeout`, `approvers`, `role`,
+    /// `self_approval`); the policy checks them and refuses them on `allow`/`deny` rules.
+    fn approval_spec(
+        &mut self,
+        i: usize,
+        effect: Option<portcullis_policy::Effect>,
+        m: &raw::RawMatch,
+    ) -> Option<portcullis_policy::ApprovalSpec> {
+        let key = effect.map_or("approve", |e| e.as_str());
+        let timeout = match m.timeout.as_ref().map(raw::HumanDuration::parse) {
+            None => None,
+            Some(Ok(timeout)) => Some(timeout),
+            Some(Err(message)) => {
+                self.error(format!("rules[{i}].{key}.timeout"), message);
+                None
+            }
+        };
+        let any = timeout.is_some()
+            || m.approvers.is_some()
+            || m.role.is_some()
+            || m.self_approval.is_some();
+        any.then(|| portcullis_policy::ApprovalSpec {
+            timeout,
+            approvers: m.approvers,
+            role: m.role.clone(),
+            self_approval: m.self_approval,
+        })
     }
 
     fn listen(&mut self, text: Option<&str>) -> Option<SocketAddr> {
@@ -507,6 +554,7 @@ impl Cx<'_> {
                 d.session_idle_timeout,
             ),
             max_batch: self.count("limits.max_batch", raw.max_batch, d.max_batch),
+            rate: crate::control::compile_rates(raw.rate, &mut self.errors),
         }
     }
 
@@ -921,6 +969,7 @@ impl Cx<'_> {
                     agent,
                     sha256,
                     expires_at,
+                    revoked: key.revoked.unwrap_or(false),
                 });
             }
         }
@@ -1013,12 +1062,62 @@ impl Cx<'_> {
         let agent_claim = field(self, "agent_claim", raw.agent_claim, "azp".to_owned());
         let user_claim = field(self, "user_claim", raw.user_claim, "sub".to_owned());
         let roles_claim = field(self, "roles_claim", raw.roles_claim, "roles".to_owned());
+        let required_scopes = raw.required_scopes.unwrap_or_default();
+        for (i, scope) in required_scopes.iter().enumerate() {
+            // RFC 6749 scope-token: visible ASCII except `"` and `\` (it is quoted in challenges).
+            let valid = |b: u8| b.is_ascii_graphic() && b != b'"' && b != b'\\';
+            if scope.is_empty() || !scope.bytes().all(valid) {
+                self.error(
+                    format!("auth.oidc.required_scopes[{i}]"),
+                    "a scope is non-empty visible ASCII without `\"` or `\\`",
+                );
+            }
+        }
+        let clock_skew = match raw.clock_skew.as_ref().map(raw::HumanDuration::parse) {
+            None => Duration::from_secs(60),
+            Some(Ok(skew)) => skew,
+            Some(Err(message)) => {
+                self.error("auth.oidc.clock_skew", message);
+                Duration::ZERO
+            }
+        };
+        let algorithms = match raw.algorithms {
+            None => crate::OIDC_ALGORITHMS.map(str::to_owned).to_vec(),
+            Some(list) if list.is_empty() => {
+                self.error("auth.oidc.algorithms", "must name at least one algorithm");
+                Vec::new()
+            }
+            Some(list) => {
+                for (i, alg) in list.iter().enumerate() {
+                    if !crate::OIDC_ALGORITHMS.contains(&alg.as_str()) {
+                        self.error(
+                            format!("auth.oidc.algorithms[{i}]"),
+                            format!(
+                                "unsupported algorithm {alg:?}: expected one of {} (`none` and HMAC \
+                                 algorithms are never accepted)",
+                                crate::OIDC_ALGORITHMS.join(", ")
+                            ),
+                        );
+                    }
+                }
+                list
+            }
+        };
+        let jwks_refetch_interval = self.duration(
+            "auth.oidc.jwks_refetch_interval",
+            raw.jwks_refetch_interval.as_ref(),
+            Duration::from_secs(30),
+        );
         (self.errors.len() == before).then_some(OidcConfig {
             issuer,
             audience,
             agent_claim,
             user_claim,
             roles_claim,
+            required_scopes,
+            clock_skew,
+            algorithms,
+            jwks_refetch_interval,
         })
     }
 }
@@ -1069,7 +1168,7 @@ fn is_token_byte(b: u8) -> bool {
 }
 
 /// `scheme://user:password@host…` → `scheme://user:***@host…`; anything else unchanged.
-pub(crate) fn mask_url_password(text: &str) -> String {
+pub fn mask_url_password(text: &str) -> String {
     let Some((scheme, rest)) = text.split_once("://") else {
         return text.to_owned();
     };

@@ -16,12 +16,17 @@
 //! - [`Loader`]: the same operations against a fixed set of environment variables (tests,
 //!   embedding), since the process environment cannot be changed safely at run time.
 //!
-//! `rules` compile into a [`portcullis_policy::Policy`] ([`Config::policy`]). `scanners` and
-//! `audit` are accepted as written and kept in [`Config::extensions`], with a warning that this
-//! build does not enforce them.
+//! `rules` compile into a [`portcullis_policy::Policy`] ([`Config::policy`]), `audit` into
+//! [`AuditConfig`], `scanners` into [`ScannersConfig`] (actions per finding category, direction
+//! and server; tool pinning).
 
+pub mod approvals;
+pub mod audit;
 mod compile;
+mod control;
 pub mod raw;
+pub mod scanners;
+pub mod sinks;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -29,7 +34,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use compile::{Loader, from_yaml, load};
+pub use audit::{AuditConfig, AuditRetention, AuditSync, OnAuditFailure};
+pub use compile::{Loader, from_yaml, load, mask_url_password};
+pub use control::{AdminConfig, AdminRole, AdminToken, RateBucket, RateLimit};
+pub use scanners::ScannersConfig;
 pub use watch::{WatchError, watch};
 
 /// The compiled, validated runtime configuration.
@@ -54,9 +62,17 @@ pub struct Config {
     /// The compiled `rules:` (first match wins, no match = deny). Empty when the section is
     /// missing: every call is then denied.
     pub policy: std::sync::Arc<portcullis_policy::Policy>,
-    /// Sections this build accepts but does not enforce yet (`scanners`, `audit`), as
+    /// Sections this build accepts but does not enforce yet (`scanners`), as
     /// written, keyed by section name. Each present section also adds a warning. Empty by default.
     pub extensions: BTreeMap<String, serde_json::Value>,
+    /// `admin:`: who may use the admin API; task token limits.
+    pub admin: AdminConfig,
+    /// `approvals:`: how calls needing approval are held and announced.
+    pub approvals: approvals::ApprovalsConfig,
+    /// `audit:`: the tamper-evident trail (keys resolved, defaults applied).
+    pub audit: AuditConfig,
+    /// `scanners:`: the action for each finding category, direction and server; pinning.
+    pub scanners: ScannersConfig,
     warnings: Vec<String>,
 }
 
@@ -74,6 +90,10 @@ impl std::fmt::Debug for Config {
             .field("policy", &self.policy)
             // Opaque sections may hold secrets (sink tokens): show which are present, not what.
             .field("extensions", &self.extensions.keys().collect::<Vec<_>>())
+            .field("admin", &self.admin)
+            .field("approvals", &self.approvals)
+            .field("audit", &self.audit)
+            .field("scanners", &self.scanners)
             .field("warnings", &self.warnings)
             .finish()
     }
@@ -165,7 +185,20 @@ pub struct OidcConfig {
     pub user_claim: String,
     /// Claim holding the roles, a string or list of strings (default `roles`).
     pub roles_claim: String,
+    /// Scopes every token must carry (empty: none required).
+    pub required_scopes: Vec<String>,
+    /// Tolerance for `exp`, `nbf` and `iat` (default 60 s).
+    pub clock_skew: Duration,
+    /// Accepted JWS `alg` values, a subset of [`OIDC_ALGORITHMS`].
+    pub algorithms: Vec<String>,
+    /// Least time between two JWKS refetches triggered by an unknown `kid` (default 30 s).
+    pub jwks_refetch_interval: Duration,
 }
+
+/// Every JWS algorithm `auth.oidc.algorithms` may name: asymmetric signatures only.
+pub const OIDC_ALGORITHMS: [&str; 9] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiKey {
@@ -174,6 +207,8 @@ pub struct ApiKey {
     pub sha256: [u8; 32],
     /// Unix seconds after which the key is refused.
     pub expires_at: Option<u64>,
+    /// Refused at once (`revoked: true`).
+    pub revoked: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +223,8 @@ pub struct LimitsConfig {
     /// Idle legacy sessions are ended after this long.
     pub session_idle_timeout: Duration,
     pub max_batch: usize,
+    /// `limits.rate`: token-bucket rate limits and quotas.
+    pub rate: Vec<RateLimit>,
 }
 
 impl Default for LimitsConfig {
@@ -201,6 +238,7 @@ impl Default for LimitsConfig {
             request_timeout: Duration::from_secs(120),
             session_idle_timeout: Duration::from_secs(3600),
             max_batch: 64,
+            rate: Vec::new(),
         }
     }
 }

@@ -10,10 +10,8 @@
 //! number of seconds. Sizes ([`HumanSize`]) accept a plain integer number of bytes or
 //! `"16KiB"`, `"4MiB"`, `"1GiB"` (also `KB`/`MB`/`GB` as powers of 1000, and `B`).
 //!
-//! `rules` are checked field by field ([`RawRule`]). `scanners` and `audit` are accepted as
-//! opaque values so that a file written for a
-//! fuller build still loads; they are kept in [`crate::Config::extensions`] and reported by
-//! [`crate::Config::warnings`] as accepted but not enforced by this build.
+//! `rules` are checked field by field ([`RawRule`]), `audit` by [`crate::audit::RawAudit`],
+//! `scanners` by [`crate::scanners::RawScanners`].
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -46,12 +44,16 @@ pub struct RawConfig {
     pub auth: Option<RawAuth>,
     /// Policy rules, in order: the first rule that matches a call decides; no match = deny.
     pub rules: Option<Vec<RawRule>>,
-    /// Content scanners and their actions. Accepted but not enforced by this build; kept in
-    /// [`crate::Config::extensions`].
-    pub scanners: Option<serde_json::Value>,
-    /// Audit sinks and settings. Accepted but not enforced by this build; kept in
-    /// [`crate::Config::extensions`].
-    pub audit: Option<serde_json::Value>,
+    /// Content scanners and their actions per category, direction and server; tool pinning
+    /// ([`crate::scanners::RawScanners`]).
+    pub scanners: Option<crate::scanners::RawScanners>,
+    /// The audit trail: signing key, fingerprint key, failure mode, retention, sinks
+    /// ([`crate::audit::RawAudit`]).
+    pub audit: Option<crate::audit::RawAudit>,
+    /// The admin API: static admin tokens, OIDC role mapping, task token limits.
+    pub admin: Option<crate::control::RawAdmin>,
+    /// How calls that need approval are held and announced ([`crate::approvals::RawApprovals`]).
+    pub approvals: Option<crate::approvals::RawApprovals>,
 }
 
 /// One entry of `rules:`: an `id` and exactly one of `allow`, `deny` or `approve`.
@@ -66,7 +68,7 @@ pub struct RawRule {
     pub allow: Option<RawMatch>,
     /// Refuse matching calls.
     pub deny: Option<RawMatch>,
-    /// Hold matching calls for a reviewer (this build has no approval flow: refused).
+    /// Hold matching calls until reviewers approve (see `timeout`, `approvers`, `role`).
     pub approve: Option<RawMatch>,
 }
 
@@ -97,6 +99,15 @@ pub struct RawMatch {
     pub days: Option<Vec<String>>,
     /// A condition over the call: `"args.amount > 100"` (see `portcullis_policy::expr`).
     pub when: Option<String>,
+    /// `approve` only: how long the call may be held (default `approvals.timeout`); no
+    /// decision in time = denied.
+    pub timeout: Option<HumanDuration>,
+    /// `approve` only: distinct reviewers needed, 1 (default) or 2.
+    pub approvers: Option<u64>,
+    /// `approve` only: the least admin role of a reviewer, `approver` (default) or `admin`.
+    pub role: Option<String>,
+    /// `approve` only: may the end user approve at the client (MCP elicitation)? Default false.
+    pub self_approval: Option<bool>,
 }
 
 /// `limits:`; every field is optional and falls back to [`crate::LimitsConfig::default`].
@@ -119,6 +130,8 @@ pub struct RawLimits {
     pub session_idle_timeout: Option<HumanDuration>,
     /// Most messages in one JSON-RPC batch (default 64).
     pub max_batch: Option<u64>,
+    /// Token-bucket rate limits and quotas per agent, tool or task token.
+    pub rate: Option<Vec<crate::control::RawRateLimit>>,
 }
 
 /// One catalog server under `servers.<name>`: set exactly one of `command` (stdio) or `url`
@@ -206,6 +219,8 @@ pub struct RawApiKey {
     pub sha256: Option<String>,
     /// When the key stops working: RFC 3339 (`2027-01-01T00:00:00Z`) or Unix seconds.
     pub expires_at: Option<Timestamp>,
+    /// `true` refuses the key at once (kept in the file so the revocation stays visible).
+    pub revoked: Option<bool>,
 }
 
 /// `auth.anonymous`.
@@ -230,6 +245,17 @@ pub struct RawOidc {
     pub user_claim: Option<String>,
     /// Claim holding the roles, a string or a list of strings (default `roles`).
     pub roles_claim: Option<String>,
+    /// Scopes every token must carry (`scope` or `scp` claim); a valid token without them is
+    /// answered 403 `insufficient_scope`. Also advertised in challenges and resource metadata.
+    pub required_scopes: Option<Vec<String>>,
+    /// Tolerance for `exp`, `nbf` and `iat` against this host's clock (default `60s`; `0s`
+    /// allowed).
+    pub clock_skew: Option<HumanDuration>,
+    /// Accepted signature algorithms (default all of RS256, RS384, RS512, PS256, PS384, PS512,
+    /// ES256, ES384, EdDSA). `none` and HMAC algorithms are never accepted.
+    pub algorithms: Option<Vec<String>>,
+    /// Least time between two JWKS refetches triggered by an unknown `kid` (default `30s`).
+    pub jwks_refetch_interval: Option<HumanDuration>,
 }
 
 /// A duration as written: an integer number of seconds or text such as `"250ms"`, `"30s"`,

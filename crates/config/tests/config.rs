@@ -182,7 +182,6 @@ fn design_example_compiles_with_warnings_for_unenforced_sections() {
         &yaml,
         "
         ok
-        warning: `scanners` is accepted but not enforced by this build
         warning: `audit` is accepted but not enforced by this build
         ",
     )
@@ -232,15 +231,15 @@ fn design_example_compiles_with_warnings_for_unenforced_sections() {
         ),
         ("azp", "sub", "roles")
     );
-    assert_eq!(
-        config.extensions.keys().collect::<Vec<_>>(),
-        ["audit", "scanners"]
-    );
+    assert!(config.extensions.is_empty(), "{:?}", config.extensions);
     assert_eq!(
         config.policy.specs()[1].matcher.when.as_deref(),
         Some("args.amount > 100")
     );
-    assert_eq!(config.extensions["scanners"]["poisoning"], "quarantine");
+    assert_eq!(
+        config.scanners.default.poisoning("tool_poisoning"),
+        portcullis_config::scanners::Action::Block
+    );
     assert_eq!(config.source, None);
     assert_eq!(config.limits, Default::default());
 }
@@ -287,7 +286,7 @@ fn unknown_keys_at_every_depth() {
             - agent: a
               sha: abc
         ",
-        "auth.api_keys[0].sha: unknown field, expected one of `agent`, `sha256`, `expires_at` (line 4, column 7)",
+        "auth.api_keys[0].sha: unknown field, expected one of `agent`, `sha256`, `expires_at`, `revoked` (line 4, column 7)",
     );
     check(
         "
@@ -302,7 +301,7 @@ fn unknown_keys_at_every_depth() {
     );
     check(
         "auth: { oidc: { issuer: https://idp.example, scopes: [a] } }",
-        "auth.oidc.scopes: unknown field, expected one of `issuer`, `audience`, `agent_claim`, `user_claim`, `roles_claim` (line 1, column 46)",
+        "auth.oidc.scopes: unknown field, expected one of `issuer`, `audience`, `agent_claim`, `user_claim`, `roles_claim`, `required_scopes`, `clock_skew`, `algorithms`, `jwks_refetch_interval` (line 1, column 46)",
     );
     check(
         "auth: { anonymous: { agent: dev, role: admin } }",
@@ -659,7 +658,11 @@ fn secret_files_are_trimmed_and_relative_to_the_config_file() {
 #[test]
 fn secrets_print_as_stars_in_debug() {
     let config = check_env(
-        &[("TOKEN", "super-secret-token"), ("CHILD", "child-secret")],
+        &[
+            ("TOKEN", "super-secret-token"),
+            ("CHILD", "child-secret"),
+            ("SINK", "sink-token-0123456789"),
+        ],
         &format!(
             r#"
             {ANON}
@@ -668,7 +671,7 @@ fn secrets_print_as_stars_in_debug() {
               a: {{ url: "https://a.example/mcp", credentials: {{ bearer_env: TOKEN }} }}
               b: {{ url: "https://a.example/mcp", credentials: {{ headers: {{ X-Api-Key: {{ env: TOKEN }} }} }} }}
               c: {{ command: [x], env_from: {{ SECRET: {{ env: CHILD }} }} }}
-            audit: {{ sinks: [{{ webhook: "https://siem.example", token: sink-token }}] }}
+            audit: {{ sinks: [{{ webhook: "https://siem.example", secret_env: SINK }}] }}
             "#
         ),
         "
@@ -1017,6 +1020,63 @@ fn oidc() {
         "auth: { oidc: { issuer: idp.example.com } }",
         r#"auth.oidc.issuer: must be http(s): "idp.example.com" is not an absolute URL"#,
     );
+}
+
+#[test]
+fn oidc_validation_settings() {
+    // Defaults: 60 s skew, every supported asymmetric algorithm, 30 s refetch interval.
+    let config = check("auth: { oidc: { issuer: https://idp.example.com } }", "ok").expect("compiles");
+    let oidc = config.auth.oidc.expect("oidc");
+    assert_eq!(oidc.clock_skew, std::time::Duration::from_secs(60));
+    assert_eq!(oidc.algorithms, portcullis_config::OIDC_ALGORITHMS.to_vec());
+    assert_eq!(oidc.jwks_refetch_interval, std::time::Duration::from_secs(30));
+    assert!(oidc.required_scopes.is_empty());
+
+    let config = check(
+        "auth: { oidc: { issuer: https://idp.example.com, clock_skew: 0s, algorithms: [ES256, EdDSA], required_scopes: [mcp:tools], jwks_refetch_interval: 5m } }",
+        "ok",
+    )
+    .expect("compiles");
+    let oidc = config.auth.oidc.expect("oidc");
+    assert_eq!(oidc.clock_skew, std::time::Duration::ZERO);
+    assert_eq!(oidc.algorithms, ["ES256", "EdDSA"]);
+    assert_eq!(oidc.required_scopes, ["mcp:tools"]);
+    assert_eq!(oidc.jwks_refetch_interval, std::time::Duration::from_secs(300));
+
+    check(
+        r#"auth: { oidc: { issuer: https://idp.example.com, algorithms: [RS256, none, HS256], required_scopes: ["a b", 'q"'], clock_skew: soon, jwks_refetch_interval: 0s } }"#,
+        "
+        auth.oidc.required_scopes[0]: a scope is non-empty visible ASCII without `\"` or `\\`
+        auth.oidc.required_scopes[1]: a scope is non-empty visible ASCII without `\"` or `\\`
+        auth.oidc.clock_skew: invalid duration \"soon\": expected e.g. \"250ms\", \"30s\", \"5m\", \"1h\" or integer seconds
+        auth.oidc.algorithms[1]: unsupported algorithm \"none\": expected one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA (`none` and HMAC algorithms are never accepted)
+        auth.oidc.algorithms[2]: unsupported algorithm \"HS256\": expected one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA (`none` and HMAC algorithms are never accepted)
+        auth.oidc.jwks_refetch_interval: must be greater than zero
+        ",
+    );
+    check(
+        "auth: { oidc: { issuer: https://idp.example.com, algorithms: [] } }",
+        "auth.oidc.algorithms: must name at least one algorithm",
+    );
+}
+
+#[test]
+fn revoked_api_keys() {
+    let config = check(
+        &format!(
+            r#"
+            auth:
+              api_keys:
+                - {{ agent: a, sha256: "{KEY_SHA}", revoked: true }}
+                - {{ agent: b, sha256: "{}" }}
+            "#,
+            "ab".repeat(32)
+        ),
+        "ok",
+    )
+    .expect("compiles");
+    assert!(config.auth.api_keys[0].revoked);
+    assert!(!config.auth.api_keys[1].revoked);
 }
 
 // ----- warnings -----

@@ -1,6 +1,9 @@
 //! The edges of the Portcullis gateway: everything that does IO, around the pure core.
 //!
 //! - [`edge`]: the HTTP listener: checks, authentication challenge, Streamable HTTP transport.
+//! - [`audit_trail`]: this replica's audit chain writer, trace context, the spool.
+//! - [`metrics`]: Prometheus metrics (`/metrics`) and their registration point.
+//! - [`admin`]: the authenticated admin API at `/admin/api/v1` (kill switches, task tokens).
 //! - [`auth`]: credentials → [`auth::Principal`].
 //! - [`session`]: gateway-minted legacy sessions bound to their principal.
 //! - [`route`]: aggregate `/mcp` vs `/mcp/{server}`.
@@ -10,11 +13,19 @@
 //! - [`state`]: the running config, catalog and sessions; hot reload.
 //! - [`serve`]: listener lifecycle.
 //! - [`tool_schemas`]: tool schemas with header-mirrored parameters, learned from lists.
+//! - [`scanning`]: content scanners on the data plane, tool metadata poisoning, tool pins.
+//! - [`approval`]: approval gates: held calls, reviewers' routes, the chat webhook.
 
+pub mod admin;
+pub mod approval;
+pub mod audit_trail;
 pub mod auth;
 pub mod edge;
+pub mod export;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod scanning;
 pub mod serve;
 pub mod session;
 pub mod state;

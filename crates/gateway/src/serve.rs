@@ -27,11 +27,12 @@ pub async fn start(
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
-    start_on(listener, config, shutdown)
+    start_on(listener, config, shutdown).await
 }
 
-/// Serves on an already bound listener (tests bind 127.0.0.1:0).
-pub fn start_on(
+/// Serves on an already bound listener (tests bind 127.0.0.1:0). Opens the store of
+/// `config.storage` first: a gateway that cannot keep its state does not start.
+pub async fn start_on(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -39,10 +40,29 @@ pub fn start_on(
     let local_addr = listener.local_addr()?;
     let source = config.source.clone();
     let idle = config.limits.session_idle_timeout;
-    let gateway = Gateway::new(config);
+    let store = portcullis_store::Store::connect(&config.storage)
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "cannot open storage {}: {error}",
+                portcullis_config::mask_url_password(&config.storage)
+            )
+        })?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let audit = crate::audit_trail::AuditTrail::start(&config, &store, metrics).await?;
+    let control = portcullis_control::Control::open(store.clone(), &config.limits.rate)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot load kill switches and task tokens: {error}"))?;
+    let control = Arc::new(control);
+    let gateway = Gateway::new(config, store, audit, control.clone());
+    crate::scanning::start(&gateway).await?; // tool pins loaded before the first list
+    crate::approval::start(&gateway).await?; // held calls of a previous process abandoned
+    let export = crate::export::start(&gateway).await?; // audit.sinks, fed from the audit table
     let app = edge::router(gateway.clone());
 
     let reaper = tokio::spawn(reap_sessions(gateway.clone(), idle));
+    // Other replicas' kill switches and task token changes, about once a second.
+    let control_poller = tokio::spawn(control.poll_store(Duration::from_secs(1)));
     let watcher = source.map(|path| tokio::spawn(watch_config(gateway.clone(), path)));
 
     let state = gateway.clone();
@@ -60,8 +80,12 @@ pub fn start_on(
             })
             .await;
         reaper.abort();
+        control_poller.abort();
         if let Some(watcher) = watcher {
             watcher.abort();
+        }
+        if let Some(export) = export {
+            export.stop().await; // before the audit store closes; cursors are persisted
         }
         state.shutdown().await;
         result.map_err(anyhow::Error::from)
@@ -108,9 +132,11 @@ async fn watch_config(gateway: Arc<Gateway>, path: std::path::PathBuf) {
                 }
                 gateway.reload(config).await;
                 tracing::info!(path = %path.display(), "config reloaded");
+                gateway.audit.config_change(&path, None).await;
             }
             Err(errors) => {
-                tracing::error!(path = %path.display(), %errors, "config reload rejected; keeping the last good config")
+                tracing::error!(path = %path.display(), %errors, "config reload rejected; keeping the last good config");
+                gateway.audit.config_change(&path, Some(&errors.to_string())).await;
             }
         }
     }

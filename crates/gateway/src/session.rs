@@ -247,6 +247,11 @@ impl SessionTable {
         self.len() == 0
     }
 
+    /// Is the session with this id still live (not ended, not reaped)?
+    pub fn contains(&self, id: &str) -> bool {
+        self.sessions.lock().expect("poisoned").contains_key(id)
+    }
+
     /// Every live session (for fan-out of unsolicited notifications).
     pub fn all(&self) -> Vec<Arc<Session>> {
         self.sessions
@@ -269,6 +274,9 @@ mod tests {
             user: None,
             method: AuthMethod::ApiKey,
             credential_id: format!("key:{agent}").into(),
+            roles: std::sync::Arc::from([]),
+            token_id: None,
+            task: None,
         }
     }
 

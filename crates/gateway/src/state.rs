@@ -24,6 +24,11 @@ pub struct Runtime {
     pub config: Arc<Config>,
     /// Catalog servers by name, in name order (the aggregate's fixed walking order).
     pub catalog: BTreeMap<Arc<str>, Arc<CatalogEntry>>,
+    /// The credentials this revision accepts (API key index, JWT verifier with its JWKS cache).
+    pub auth: Arc<crate::auth::Authenticator>,
+    /// The audit trail (the gateway's, the same for every revision): here for phases that see
+    /// only a revision, such as the edge recording authentication failures.
+    pub audit: crate::audit_trail::AuditTrail,
 }
 
 impl Runtime {
@@ -48,21 +53,44 @@ pub struct Gateway {
     pub shutting_down: tokio_util::sync::CancellationToken,
     /// Tool schemas with header-mirrored parameters, learned from `tools/list` results.
     pub tool_schemas: Arc<crate::tool_schemas::ToolSchemas>,
+    /// The control-plane store (`storage:`): kill switches, task tokens, pins, approvals.
+    pub store: portcullis_store::Store,
+    /// This replica's audit chain writer (`audit:`); shut down (final checkpoint) last.
+    pub audit: crate::audit_trail::AuditTrail,
+    /// Prometheus metrics (`/metrics`); other modules register theirs here.
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Content scanning state: metadata scans by definition hash, observed tools, pins.
+    pub scanning: crate::scanning::Scanning,
+    /// Kill switches, task tokens and rate limits (issue 3); checked by `proxy::control`.
+    pub control: Arc<portcullis_control::Control>,
+    /// Approval requests (issue 6): held calls of this process, the approvals store.
+    pub approvals: crate::approval::Approvals,
 }
 
 impl Gateway {
     /// Builds the state and the connectors of the initial configuration (connectors connect
     /// lazily, on first use).
-    pub fn new(config: Config) -> Arc<Gateway> {
+    pub fn new(
+        config: Config,
+        store: portcullis_store::Store,
+        audit: crate::audit_trail::AuditTrail,
+        control: Arc<portcullis_control::Control>,
+    ) -> Arc<Gateway> {
         let http = http_client();
         let tool_schemas = Arc::new(crate::tool_schemas::ToolSchemas::default());
         let catalog = build_catalog(&config, &BTreeMap::new(), &http, &tool_schemas);
         let mut cursor_key = [0u8; 32];
         rand::rng().fill_bytes(&mut cursor_key);
+        let approvals = crate::approval::Approvals::new(store.clone(), http.clone());
         Arc::new(Gateway {
             runtime: RwLock::new(Arc::new(Runtime {
+                auth: Arc::new(
+                    crate::auth::Authenticator::for_revision(&config, None, &http)
+                        .with_task_tokens(control.clone()),
+                ),
                 config: Arc::new(config),
                 catalog,
+                audit: audit.clone(),
             })),
             sessions: SessionTable::default(),
             legacy_sse: Default::default(),
@@ -71,6 +99,12 @@ impl Gateway {
             held: Default::default(),
             cursor_key,
             http,
+            store,
+            metrics: audit.metrics().clone(),
+            audit,
+            scanning: Default::default(),
+            approvals,
+            control,
         })
     }
 
@@ -95,9 +129,14 @@ impl Gateway {
             })
             .map(|(_, entry)| entry.clone())
             .collect();
+        let auth = crate::auth::Authenticator::for_revision(&config, Some(&old.auth), &self.http)
+            .with_task_tokens(self.control.clone());
+        self.control.configure(&config.limits.rate);
         *self.runtime.write().expect("poisoned") = Arc::new(Runtime {
             config: Arc::new(config),
             catalog,
+            auth: Arc::new(auth),
+            audit: self.audit.clone(),
         });
         for entry in retired {
             tracing::info!(server = %entry.config.name, "catalog server removed or changed; stopping its connector");
@@ -105,12 +144,14 @@ impl Gateway {
         }
     }
 
-    /// Stops every connector (children reaped, upstream sessions deleted).
+    /// Stops every connector (children reaped, upstream sessions deleted), then the audit
+    /// writer (queued records committed, final signed checkpoint).
     pub async fn shutdown(&self) {
         let runtime = self.runtime();
         for entry in runtime.catalog.values() {
             entry.connector.shutdown().await;
         }
+        self.audit.shutdown().await;
     }
 }
 

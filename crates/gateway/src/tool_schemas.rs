@@ -20,6 +20,15 @@ type ToolKey = (Arc<str>, String);
 #[derive(Debug, Default)]
 pub struct ToolSchemas {
     schemas: RwLock<HashMap<ToolKey, Arc<Value>>>,
+    /// Description and annotations of every tool listed (shown to approval reviewers).
+    described: RwLock<HashMap<ToolKey, Arc<ToolInfo>>>,
+}
+
+/// What a tool's server last said about it in `tools/list` (untrusted hints).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ToolInfo {
+    pub description: Option<String>,
+    pub annotations: Option<Value>,
 }
 
 /// Upper bound on remembered schemas, so a hostile upstream cannot grow memory without bound.
@@ -34,12 +43,14 @@ impl ToolSchemas {
         let Some(tools) = result.get("tools") else {
             return;
         };
-        if !tools.get().contains("x-mcp-header") {
-            return;
-        }
+        let mirrored = tools.get().contains("x-mcp-header");
         let Ok(tools) = serde_json::from_str::<Vec<Box<RawValue>>>(tools.get()) else {
             return;
         };
+        self.describe(server, &tools);
+        if !mirrored {
+            return;
+        }
         let mut schemas = self.schemas.write().expect("poisoned");
         for tool in tools {
             let Some(tool) = RawObject::parse(&tool) else {
@@ -55,6 +66,39 @@ impl ToolSchemas {
                 schemas.insert((server.into(), name), Arc::new(schema));
             }
         }
+    }
+
+    /// Remembers each listed tool's description and annotations.
+    fn describe(&self, server: &str, tools: &[Box<RawValue>]) {
+        let mut described = self.described.write().expect("poisoned");
+        for tool in tools {
+            let Some(tool) = RawObject::parse(tool) else {
+                continue;
+            };
+            let Some(name) = tool.get_str("name") else {
+                continue;
+            };
+            let key = (Arc::<str>::from(server), name);
+            if described.len() >= MAX_SCHEMAS && !described.contains_key(&key) {
+                continue;
+            }
+            let info = ToolInfo {
+                description: tool.get_str("description"),
+                annotations: tool
+                    .get("annotations")
+                    .and_then(|raw| serde_json::from_str(raw.get()).ok()),
+            };
+            described.insert(key, Arc::new(info));
+        }
+    }
+
+    /// The description and annotations `server` last listed for `tool` (upstream name).
+    pub fn info(&self, server: &str, tool: &str) -> Option<Arc<ToolInfo>> {
+        self.described
+            .read()
+            .expect("poisoned")
+            .get(&(Arc::<str>::from(server), tool.to_owned()))
+            .cloned()
     }
 
     /// No tool seen so far mirrors parameters (the common case: lookups can be skipped).
@@ -93,5 +137,23 @@ mod tests {
             "Region"
         );
         assert!(schemas.get("other", "regional").is_none());
+    }
+
+    #[test]
+    fn descriptions_and_annotations_of_every_tool_are_remembered() {
+        let text = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[
+            {"name":"refund","description":"Refund a charge","annotations":{"destructiveHint":true},"inputSchema":{"type":"object"}},
+            {"name":"bare","inputSchema":{"type":"object"}}]}}"#;
+        let Parsed::Single(response) = parse(text.as_bytes(), &Limits::default()).unwrap() else {
+            panic!()
+        };
+        let schemas = ToolSchemas::default();
+        schemas.observe_list("billing", &response);
+        let info = schemas.info("billing", "refund").unwrap();
+        assert_eq!(info.description.as_deref(), Some("Refund a charge"));
+        assert_eq!(info.annotations.as_ref().unwrap()["destructiveHint"], true);
+        assert_eq!(*schemas.info("billing", "bare").unwrap(), ToolInfo::default());
+        assert!(schemas.info("other", "refund").is_none());
+        assert!(schemas.is_empty(), "no mirrored headers were listed");
     }
 }

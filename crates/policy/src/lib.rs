@@ -31,6 +31,7 @@ pub mod glob;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::time::Duration;
 
 use expr::{Env, Expr};
 use glob::Glob;
@@ -41,8 +42,9 @@ use serde_json::Value;
 pub enum Effect {
     Allow,
     Deny,
-    /// The call needs a reviewer's approval. This build has no approval flow: callers must
-    /// refuse the call (fail closed).
+    /// The call needs a reviewer's approval: the gateway holds it until enough reviewers
+    /// decide ([`Policy::approval`] gives the rule's options), and refuses it on a denial or
+    /// when the hold times out.
     Approve,
 }
 
@@ -69,7 +71,65 @@ pub struct RuleSpec {
     pub id: String,
     pub effect: Option<Effect>,
     pub matcher: MatchSpec,
+    /// The options of an `approve` rule as written (None: all defaults). Refused on `allow` and
+    /// `deny` rules.
+    pub approval: Option<ApprovalSpec>,
 }
+
+/// `approve: { …, timeout: 5m, approvers: 2, role: admin, self_approval: false }` as written.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ApprovalSpec {
+    /// How long the call may be held (None: the config's `approvals.timeout`).
+    pub timeout: Option<Duration>,
+    /// Distinct reviewers needed: 1 (default) or 2.
+    pub approvers: Option<u64>,
+    /// The least admin role a reviewer needs: `approver` (default) or `admin`.
+    pub role: Option<String>,
+    /// May the end user approve their own call at the client (MCP elicitation)? Default false.
+    pub self_approval: Option<bool>,
+}
+
+/// The admin role a reviewer of an `approve` rule needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ReviewerRole {
+    #[default]
+    Approver,
+    Admin,
+}
+
+impl ReviewerRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewerRole::Approver => "approver",
+            ReviewerRole::Admin => "admin",
+        }
+    }
+}
+
+/// The compiled options of an `approve` rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApprovalOptions {
+    /// How long the call may be held (None: the config's default).
+    pub timeout: Option<Duration>,
+    /// Distinct reviewers needed (1 or 2).
+    pub approvers: u8,
+    pub role: ReviewerRole,
+    pub self_approval: bool,
+}
+
+impl Default for ApprovalOptions {
+    fn default() -> Self {
+        ApprovalOptions {
+            timeout: None,
+            approvers: 1,
+            role: ReviewerRole::Approver,
+            self_approval: false,
+        }
+    }
+}
+
+/// Longest hold an `approve` rule may ask for.
+pub const MAX_APPROVAL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// The criteria of a rule, as written. `None` means "any".
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -196,6 +256,8 @@ pub struct Policy {
     by_server: HashMap<String, Vec<usize>>,
     general: Vec<usize>,
     has_conditions: bool,
+    /// Options of the `approve` rules, by rule id (looked up only when a call needs approval).
+    approvals: HashMap<String, ApprovalOptions>,
 }
 
 impl PartialEq for Policy {
@@ -236,6 +298,7 @@ impl Policy {
     pub fn compile(specs: Vec<RuleSpec>, base: &str) -> Result<Policy, Vec<PolicyError>> {
         let mut errors = Vec::new();
         let mut rules = Vec::new();
+        let mut approvals = HashMap::new();
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, spec) in specs.iter().enumerate() {
             let mut error = |key: &str, message: String| {
@@ -258,6 +321,15 @@ impl Policy {
             };
             let m = &spec.matcher;
             let at = |key: &str| format!("{}.{key}", effect.as_str());
+            if effect == Effect::Approve {
+                let (options, problems) = approval_options(spec.approval.as_ref());
+                for (key, message) in problems {
+                    error(&at(key), message);
+                }
+                approvals.insert(spec.id.clone(), options);
+            } else if let Some(key) = spec.approval.as_ref().and_then(first_approval_key) {
+                error(&at(key), format!("only `approve` rules take `{key}`"));
+            }
             let globs = |list: &Option<Vec<String>>| {
                 list.as_ref()
                     .map(|l| l.iter().map(|p| Glob::new(p)).collect::<Vec<_>>())
@@ -356,6 +428,7 @@ impl Policy {
         }
         let mut policy = Policy {
             specs,
+            approvals,
             ..Policy::default()
         };
         for (i, rule) in rules.iter().enumerate() {
@@ -397,6 +470,11 @@ impl Policy {
     /// The rules as written.
     pub fn specs(&self) -> &[RuleSpec] {
         &self.specs
+    }
+
+    /// The options of the `approve` rule `rule_id` (None for unknown ids and other effects).
+    pub fn approval(&self, rule_id: &str) -> Option<&ApprovalOptions> {
+        self.approvals.get(rule_id)
     }
 
     /// Decides a call: the first matching rule, or the default deny.
@@ -442,7 +520,8 @@ impl Policy {
 
     /// Could some rule allow this principal to make this call, whatever its arguments? Used to
     /// filter lists. `when:` conditions are taken as "may hold": a conditional `allow` counts,
-    /// a conditional `deny` or `approve` does not hide anything.
+    /// a conditional `deny` or `approve` does not hide anything. An unconditional `approve`
+    /// keeps the item listed: the call can be made, it is held for reviewers.
     pub fn could_allow(&self, req: &Request<'_>) -> bool {
         let mut allowed = false;
         self.walk_with(req, true, |i, result| {
@@ -453,7 +532,7 @@ impl Policy {
             if rule.when.is_some() && rule.effect != Effect::Allow {
                 return true;
             }
-            allowed = rule.effect == Effect::Allow;
+            allowed = rule.effect != Effect::Deny;
             false
         });
         allowed
@@ -536,6 +615,55 @@ impl Policy {
 enum Key {
     Tool(String),
     Server(String),
+}
+
+/// Checks the options of an `approve` rule; problems as (key, message).
+fn approval_options(spec: Option<&ApprovalSpec>) -> (ApprovalOptions, Vec<(&'static str, String)>) {
+    let mut options = ApprovalOptions::default();
+    let mut problems = Vec::new();
+    let Some(spec) = spec else {
+        return (options, problems);
+    };
+    if let Some(timeout) = spec.timeout {
+        if timeout.is_zero() || timeout > MAX_APPROVAL_TIMEOUT {
+            problems.push(("timeout", "must be more than 0s and at most 24h".to_owned()));
+        } else {
+            options.timeout = Some(timeout);
+        }
+    }
+    match spec.approvers {
+        None => {}
+        Some(n @ (1 | 2)) => options.approvers = n as u8,
+        Some(n) => problems.push((
+            "approvers",
+            format!("must be 1 or 2 (distinct reviewers), not {n}"),
+        )),
+    }
+    match spec.role.as_deref() {
+        None | Some("approver") => {}
+        Some("admin") => options.role = ReviewerRole::Admin,
+        Some(other) => problems.push((
+            "role",
+            format!("unknown reviewer role {other:?} (approver or admin)"),
+        )),
+    }
+    options.self_approval = spec.self_approval.unwrap_or(false);
+    (options, problems)
+}
+
+/// The first approval option set in `spec` (to name it when a non-approve rule sets it).
+fn first_approval_key(spec: &ApprovalSpec) -> Option<&'static str> {
+    if spec.timeout.is_some() {
+        Some("timeout")
+    } else if spec.approvers.is_some() {
+        Some("approvers")
+    } else if spec.role.is_some() {
+        Some("role")
+    } else if spec.self_approval.is_some() {
+        Some("self_approval")
+    } else {
+        None
+    }
 }
 
 /// The index keys of a rule; None when it may concern any call.

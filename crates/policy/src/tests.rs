@@ -8,6 +8,7 @@ fn spec(id: &str, effect: Effect, m: MatchSpec) -> RuleSpec {
         id: id.into(),
         effect: Some(effect),
         matcher: m,
+        approval: None,
     }
 }
 
@@ -441,6 +442,7 @@ fn compile_errors_name_their_path() {
             id: String::new(),
             effect: None,
             matcher: MatchSpec::default(),
+            approval: None,
         },
         spec(
             "m",
@@ -472,4 +474,105 @@ fn compile_errors_name_their_path() {
             "rules[3].deny.tools[0]: \"refund\" is not an aggregated name: tools are named server__tool",
         ]
     );
+}
+
+#[test]
+fn approve_rules_carry_their_options() {
+    use std::time::Duration;
+    let mut two_person = spec(
+        "refunds",
+        Effect::Approve,
+        MatchSpec {
+            tools: strings(&["billing__refund"]),
+            ..Default::default()
+        },
+    );
+    two_person.approval = Some(ApprovalSpec {
+        timeout: Some(Duration::from_secs(300)),
+        approvers: Some(2),
+        role: Some("admin".into()),
+        self_approval: Some(true),
+    });
+    let plain = spec("deletes", Effect::Approve, MatchSpec::default());
+    let policy = Policy::compile(vec![two_person, plain], "rules").unwrap();
+    assert_eq!(
+        policy.approval("refunds"),
+        Some(&ApprovalOptions {
+            timeout: Some(Duration::from_secs(300)),
+            approvers: 2,
+            role: ReviewerRole::Admin,
+            self_approval: true,
+        })
+    );
+    assert_eq!(
+        policy.approval("deletes"),
+        Some(&ApprovalOptions::default())
+    );
+    assert_eq!(policy.approval("nope"), None);
+}
+
+#[test]
+fn bad_approval_options_name_their_paths() {
+    let mut bad = spec("a", Effect::Approve, MatchSpec::default());
+    bad.approval = Some(ApprovalSpec {
+        timeout: Some(std::time::Duration::ZERO),
+        approvers: Some(3),
+        role: Some("root".into()),
+        self_approval: None,
+    });
+    let mut misplaced = spec("b", Effect::Allow, MatchSpec::default());
+    misplaced.approval = Some(ApprovalSpec {
+        approvers: Some(2),
+        ..Default::default()
+    });
+    let errors: Vec<String> = Policy::compile(vec![bad, misplaced], "rules")
+        .unwrap_err()
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "rules[0].approve.timeout: must be more than 0s and at most 24h",
+            "rules[0].approve.approvers: must be 1 or 2 (distinct reviewers), not 3",
+            "rules[0].approve.role: unknown reviewer role \"root\" (approver or admin)",
+            "rules[1].allow.approvers: only `approve` rules take `approvers`",
+        ]
+    );
+}
+
+#[test]
+fn tools_held_for_approval_stay_listed() {
+    let p = Policy::compile(
+        vec![
+            spec(
+                "hold-wires",
+                Effect::Approve,
+                MatchSpec {
+                    tools: strings(&["bank__wire"]),
+                    ..Default::default()
+                },
+            ),
+            spec(
+                "no-deletes",
+                Effect::Deny,
+                MatchSpec {
+                    tools: strings(&["bank__delete"]),
+                    ..Default::default()
+                },
+            ),
+        ],
+        "rules",
+    )
+    .unwrap();
+    let req = |tool| Request {
+        agent: "a",
+        method: "tools/call",
+        server: Some("bank"),
+        tool: Some(tool),
+        ..Default::default()
+    };
+    assert!(p.could_allow(&req("bank__wire")));
+    assert!(!p.could_allow(&req("bank__delete")));
+    assert!(!p.could_allow(&req("bank__other")), "default deny hides");
 }

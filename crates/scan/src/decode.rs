@@ -13,70 +13,97 @@ use crate::{Category, Finding, Severity};
 const MAX_RUNS: usize = 64;
 const MAX_DECODED: usize = 64 * 1024;
 
+/// Shortest base64 (or hex) run worth decoding.
+const MIN_RUN: usize = 24;
+
+/// Bytes of the base64 alphabets (standard and URL-safe, with padding).
+const B64: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_');
+        b += 1;
+    }
+    t
+};
+
 /// Find encoded runs in `text`; when `hit(decoded)` says the decoded text is a finding, append
 /// an [`Category::EncodedPayload`] finding over the encoded run.
+///
+/// Runs of at least [`MIN_RUN`] base64 bytes are found by probing every `MIN_RUN`-th byte (any
+/// such run covers a probe) and widening only around probes that land in the alphabet, so most
+/// bytes of ordinary text are never looked at; percent-encoded runs are found from their `%`s.
 pub fn scan_encoded(text: &str, out: &mut Vec<Finding>, hit: impl Fn(&str) -> bool) {
     let bytes = text.as_bytes();
+    let n = bytes.len();
     let mut tried = 0;
-    let mut i = 0;
-    while i < bytes.len() && tried < MAX_RUNS {
-        let b = bytes[i];
-        if is_b64(b) {
-            let start = i;
-            while i < bytes.len() && is_b64(bytes[i]) {
-                i += 1;
+    let mut probe = MIN_RUN - 1;
+    while probe < n && tried < MAX_RUNS {
+        if !B64[usize::from(bytes[probe])] {
+            probe += MIN_RUN;
+            continue;
+        }
+        let mut start = probe;
+        while start > 0 && B64[usize::from(bytes[start - 1])] {
+            start -= 1;
+        }
+        let end = probe
+            + bytes[probe..]
+                .iter()
+                .position(|&b| !B64[usize::from(b)])
+                .unwrap_or(n - probe);
+        if end - start >= MIN_RUN {
+            tried += 1;
+            if let Some(decoded) = decode_run(&bytes[start..end])
+                && hit(&decoded)
+            {
+                out.push(Finding {
+                    category: Category::EncodedPayload,
+                    severity: Severity::High,
+                    rule: "encoded.payload",
+                    start,
+                    end,
+                });
             }
-            let run = &bytes[start..i];
-            if run.len() >= 24 {
-                tried += 1;
-                if let Some(decoded) = decode_run(run)
-                    && hit(&decoded)
-                {
-                    out.push(Finding {
-                        category: Category::EncodedPayload,
-                        severity: Severity::High,
-                        rule: "encoded.payload",
-                        start,
-                        end: i,
-                    });
-                }
+        }
+        probe = end + MIN_RUN;
+    }
+    let mut done_to = 0;
+    for pct in memchr::memchr_iter(b'%', bytes) {
+        if pct < done_to || tried >= MAX_RUNS {
+            continue;
+        }
+        let mut start = pct;
+        while start > 0 && is_url_char(bytes[start - 1]) {
+            start -= 1;
+        }
+        let mut i = pct;
+        let mut escapes = 0;
+        while i < n && (is_url_char(bytes[i]) || bytes[i] == b'%') {
+            if bytes[i] == b'%' {
+                escapes += 1;
             }
-        } else if b == b'%' {
-            let mut start = i;
-            while start > 0 && is_url_char(bytes[start - 1]) {
-                start -= 1;
-            }
-            let mut escapes = 0;
-            while i < bytes.len() && (is_url_char(bytes[i]) || bytes[i] == b'%') {
-                if bytes[i] == b'%' {
-                    escapes += 1;
-                }
-                i += 1;
-            }
-            if escapes >= 4 {
-                tried += 1;
-                let decoded = percent_decode(&bytes[start..i]);
-                if printable(&decoded)
-                    && let Ok(s) = std::str::from_utf8(&decoded)
-                    && hit(s)
-                {
-                    out.push(Finding {
-                        category: Category::EncodedPayload,
-                        severity: Severity::High,
-                        rule: "encoded.percent",
-                        start,
-                        end: i,
-                    });
-                }
-            }
-        } else {
             i += 1;
         }
+        done_to = i;
+        if escapes >= 4 {
+            tried += 1;
+            let decoded = percent_decode(&bytes[start..i]);
+            if printable(&decoded)
+                && let Ok(s) = std::str::from_utf8(&decoded)
+                && hit(s)
+            {
+                out.push(Finding {
+                    category: Category::EncodedPayload,
+                    severity: Severity::High,
+                    rule: "encoded.percent",
+                    start,
+                    end: i,
+                });
+            }
+        }
     }
-}
-
-fn is_b64(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')
 }
 
 fn is_url_char(b: u8) -> bool {

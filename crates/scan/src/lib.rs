@@ -30,6 +30,8 @@ pub mod secrets;
 pub mod unicode;
 
 mod cues;
+mod hijack;
+mod prefilter;
 mod redact;
 
 pub use redact::{REDACTION_MASK, redact};
@@ -186,6 +188,49 @@ pub struct Scanner {
     injection: injection::InjectionDetector,
     pii: pii::PiiDetector,
     secrets: secrets::SecretDetector,
+    /// Anchors of every detector that reads tool results, searched in one pass.
+    results: prefilter::Lexicon,
+    /// Anchors of the detectors that read arguments (PII, secrets).
+    arguments: prefilter::Lexicon,
+    /// Anchors of the metadata (poisoning) cues.
+    metadata: prefilter::Lexicon,
+}
+
+/// A text prepared once for several detectors: its normalized view and anchor hits.
+#[derive(Default)]
+struct Prepared {
+    lower: Vec<u8>,
+    hits: Vec<prefilter::Hit>,
+}
+
+thread_local! {
+    /// Buffers reused across calls on one thread, so a scan allocates nothing for them.
+    static PREPARED: std::cell::RefCell<Prepared> = std::cell::RefCell::default();
+}
+
+/// Run `f` on `text` prepared with `lexicon`, in this thread's reusable buffers (fresh ones
+/// if they are already in use further up the stack).
+fn with_prepared<R>(
+    text: &str,
+    lexicon: &prefilter::Lexicon,
+    f: impl FnOnce(&Prepared) -> R,
+) -> R {
+    let fill = |p: &mut Prepared| {
+        prefilter::normalize_into(text, &mut p.lower);
+        p.hits.clear();
+        lexicon.find(text.as_bytes(), &p.lower, |_| true, &mut p.hits);
+    };
+    PREPARED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut p) => {
+            fill(&mut p);
+            f(&p)
+        }
+        Err(_) => {
+            let mut p = Prepared::default();
+            fill(&mut p);
+            f(&p)
+        }
+    })
 }
 
 impl Scanner {
@@ -196,13 +241,24 @@ impl Scanner {
             injection: injection::InjectionDetector::new()?,
             pii: pii::PiiDetector::new()?,
             secrets: secrets::SecretDetector::new()?,
+            results: prefilter::Lexicon::new(
+                injection::InjectionDetector::anchors()
+                    .chain(pii::PiiDetector::anchors())
+                    .chain(secrets::SecretDetector::anchors()),
+            )?,
+            arguments: prefilter::Lexicon::new(
+                pii::PiiDetector::anchors().chain(secrets::SecretDetector::anchors()),
+            )?,
+            metadata: prefilter::Lexicon::new(poisoning::PoisoningDetector::anchors())?,
         })
     }
 
     /// Tool metadata poisoning in one piece of metadata text (a description, a parameter
     /// description, a title), including deceptive unicode and encoded payloads.
     pub fn poisoning(&self, text: &str) -> Vec<Finding> {
-        let mut out = self.poisoning.scan(text);
+        let mut out = with_prepared(text, &self.metadata, |p| {
+            self.poisoning.scan_prepared(text, &p.lower, &p.hits)
+        });
         unicode::scan_invisible(text, &mut out);
         unicode::scan_homoglyphs(text, &mut out);
         decode::scan_encoded(text, &mut out, |decoded| {
@@ -215,42 +271,57 @@ impl Scanner {
     /// Indirect prompt injection in a tool result or resource text, including deceptive unicode
     /// and encoded payloads.
     pub fn injection(&self, text: &str) -> Vec<Finding> {
-        let mut out = self.injection.scan(text);
+        let mut out = with_prepared(text, &self.results, |p| self.injection_prepared(text, p));
+        sort(&mut out);
+        out
+    }
+
+    fn injection_prepared(&self, text: &str, p: &Prepared) -> Vec<Finding> {
+        let mut out = self.injection.scan_prepared(text, &p.lower, &p.hits);
         unicode::scan_invisible(text, &mut out);
         decode::scan_encoded(text, &mut out, |decoded| {
             !self.injection.scan(decoded).is_empty()
         });
-        sort(&mut out);
         out
     }
 
     /// Personal data.
     pub fn pii(&self, text: &str) -> Vec<Finding> {
-        let mut out = self.pii.scan(text);
+        let mut out = with_prepared(text, &self.arguments, |p| {
+            self.pii.scan_prepared(text, &p.hits)
+        });
         sort(&mut out);
         out
     }
 
     /// Credentials.
     pub fn secrets(&self, text: &str) -> Vec<Finding> {
-        let mut out = self.secrets.scan(text);
+        let mut out = with_prepared(text, &self.arguments, |p| {
+            self.secrets.scan_prepared(text, &p.hits)
+        });
         sort(&mut out);
         out
     }
 
-    /// Every detector that applies to `surface`, findings sorted by position.
+    /// Every detector that applies to `surface`, findings sorted by position. The text is
+    /// normalized and its anchors found once for all of them.
     pub fn scan(&self, text: &str, surface: Surface) -> Vec<Finding> {
         let mut out = match surface {
             Surface::ToolMetadata => return self.poisoning(text),
-            Surface::ToolResult => self.injection(text),
-            Surface::Argument => {
-                let mut v = Vec::new();
-                unicode::scan_invisible(text, &mut v);
-                v
-            }
+            Surface::ToolResult => with_prepared(text, &self.results, |p| {
+                let mut out = self.injection_prepared(text, p);
+                out.extend(self.pii.scan_prepared(text, &p.hits));
+                out.extend(self.secrets.scan_prepared(text, &p.hits));
+                out
+            }),
+            Surface::Argument => with_prepared(text, &self.arguments, |p| {
+                let mut out = Vec::new();
+                unicode::scan_invisible(text, &mut out);
+                out.extend(self.pii.scan_prepared(text, &p.hits));
+                out.extend(self.secrets.scan_prepared(text, &p.hits));
+                out
+            }),
         };
-        out.extend(self.pii.scan(text));
-        out.extend(self.secrets.scan(text));
         sort(&mut out);
         out
     }

@@ -10,8 +10,9 @@
 //! validity rules keep random identifiers out. Unseparated digit runs count as phone numbers
 //! only after a phone keyword or a `+`.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::bytes::Regex;
+
+use crate::prefilter::{self, Hit, Lexicon, Owner};
 
 use crate::{Category, Finding, ScanError, Severity, bytes_regex, char_span};
 
@@ -22,10 +23,8 @@ pub struct PiiDetector {
     numeric: Regex,
     /// The IBAN pattern anchored at the start, for candidate positions.
     iban_at: Regex,
-    /// Keywords of the date-of-birth pattern: it runs only when one occurs.
-    dob_keywords: AhoCorasick,
-    /// `passport`, likewise.
-    passport_keyword: AhoCorasick,
+    /// The keyword anchors, for scanning without the shared prefilter.
+    lexicon: Lexicon,
     ipv6: Regex,
     dob: Regex,
     passport: Regex,
@@ -48,8 +47,7 @@ impl PiiDetector {
                 "pii.iban",
                 r"^(?:\b[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?\b)",
             )?,
-            dob_keywords: keywords(DOB_KEYWORDS)?,
-            passport_keyword: keywords(&["passport"])?,
+            lexicon: Lexicon::new(Self::anchors())?,
             ipv6: bytes_regex(
                 "pii.ipv6",
                 r"(?i)(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}|(?:[0-9a-f]{1,4}:){1,6}:(?:[0-9a-f]{1,4}:){0,5}[0-9a-f]{1,4}",
@@ -71,10 +69,38 @@ impl PiiDetector {
 
     /// Every PII finding in `text`.
     pub fn scan(&self, text: &str) -> Vec<Finding> {
+        let mut lower = Vec::new();
+        prefilter::normalize_into(text, &mut lower);
+        let mut hits = Vec::new();
+        self.lexicon.find(text.as_bytes(), &lower, |_| true, &mut hits);
+        self.scan_prepared(text, &hits)
+    }
+
+    /// Keywords of the date-of-birth and passport patterns, for the shared prefilter.
+    pub(crate) fn anchors() -> impl Iterator<Item = (Owner, u16, &'static [&'static str])> {
+        [
+            (Owner::Pii, DOB_ITEM, DOB_KEYWORDS),
+            (Owner::Pii, PASSPORT_ITEM, &["passport"][..]),
+        ]
+        .into_iter()
+    }
+
+    /// As [`PiiDetector::scan`], with keyword hits from the shared prefilter.
+    pub(crate) fn scan_prepared(&self, text: &str, hits: &[Hit]) -> Vec<Finding> {
         let bytes = text.as_bytes();
         let mut out = Vec::new();
-        if memchr::memchr(b'@', bytes).is_some() {
-            for m in self.email.find_iter(bytes) {
+        // Emails: the pattern around each `@` (a local part is at most 64 bytes).
+        let mut done_to = 0;
+        for at in memchr::memchr_iter(b'@', bytes) {
+            if at < done_to {
+                continue;
+            }
+            let (s, e) = prefilter::window(text, at, 65, 260);
+            let mut from = s;
+            while let Some(m) = self.email.find_at(&bytes[..e], from) {
+                if m.start() > at {
+                    break;
+                }
                 push(
                     &mut out,
                     text,
@@ -84,17 +110,24 @@ impl PiiDetector {
                     m.start(),
                     m.end(),
                 );
+                done_to = m.end();
+                from = m.end().max(from + 1);
+                if m.end() > at {
+                    break;
+                }
             }
         }
         self.numeric_runs(text, &mut out);
-        let mut cursor = 0;
-        while let Some(c) = next_iban_start(bytes, cursor) {
+        let mut iban_done = 0;
+        for c in iban_starts(bytes) {
+            if c < iban_done {
+                continue;
+            }
             let Some(m) = self.iban_at.find(&bytes[c..]) else {
-                cursor = c + 1;
                 continue;
             };
             let (ms, me) = (c + m.start(), c + m.end());
-            cursor = me.max(c + 1);
+            iban_done = me;
             if iban_valid(&bytes[ms..me]) {
                 push(
                     &mut out,
@@ -107,12 +140,12 @@ impl PiiDetector {
                 );
             }
         }
-        if memchr::memmem::find(bytes, b"::").is_some()
-            || bytes.iter().filter(|&&b| b == b':').take(7).count() == 7
-        {
-            for m in self.ipv6.find_iter(bytes) {
-                let s = &text[m.start()..m.end()];
-                if s.parse::<std::net::Ipv6Addr>().is_ok() {
+        let mut ipv6_done = 0;
+        for (s, e) in ipv6_windows(bytes) {
+            let mut from = s.max(ipv6_done);
+            while let Some(m) = self.ipv6.find_at(&bytes[..e], from) {
+                let cand = &text[m.start()..m.end()];
+                if cand.parse::<std::net::Ipv6Addr>().is_ok() {
                     push(
                         &mut out,
                         text,
@@ -123,12 +156,20 @@ impl PiiDetector {
                         m.end(),
                     );
                 }
+                from = m.end().max(from + 1);
             }
+            ipv6_done = e;
         }
-        let dob = self.dob_keywords.is_match(bytes);
-        let passport = self.passport_keyword.is_match(bytes);
-        for c in self.dob.captures_iter(if dob { bytes } else { b"" }) {
-            if let Some(g) = c.get(1) {
+        let keyword_windows = |item: u16| {
+            hits.iter()
+                .filter(move |h| h.owner == Owner::Pii && h.item == item)
+                .map(|h| prefilter::window(text, h.pos, 0, 80))
+        };
+        let mut done_to = 0;
+        for (s, e) in keyword_windows(DOB_ITEM) {
+            if let Some(c) = self.dob.captures_at(&bytes[..e], s.max(done_to))
+                && let Some(g) = c.get(1)
+            {
                 push(
                     &mut out,
                     text,
@@ -138,13 +179,13 @@ impl PiiDetector {
                     g.start(),
                     g.end(),
                 );
+                done_to = g.end();
             }
         }
-        for c in self
-            .passport
-            .captures_iter(if passport { bytes } else { b"" })
-        {
-            if let Some(g) = c.get(1)
+        let mut done_to = 0;
+        for (s, e) in keyword_windows(PASSPORT_ITEM) {
+            if let Some(c) = self.passport.captures_at(&bytes[..e], s.max(done_to))
+                && let Some(g) = c.get(1)
                 && g.as_bytes().iter().any(u8::is_ascii_digit)
             {
                 push(
@@ -156,6 +197,7 @@ impl PiiDetector {
                     g.start(),
                     g.end(),
                 );
+                done_to = g.end();
             }
         }
         dedup_overlaps(&mut out);
@@ -171,11 +213,9 @@ impl PiiDetector {
         let mut i = 0;
         while i < n {
             // Next digit.
-            while i < n && !bytes[i].is_ascii_digit() {
-                i += 1;
-            }
-            if i >= n {
-                break;
+            match next_digit(bytes, i) {
+                Some(d) => i = d,
+                None => break,
             }
             // The stretch of number characters around it (earlier stretches are done).
             let mut s = i;
@@ -322,16 +362,13 @@ impl PiiDetector {
     }
 }
 
-/// Literals every date-of-birth match contains (ASCII case ignored).
-const DOB_KEYWORDS: &[&str] = &["born", "birth", "date", "dob", "d.o", "do.b"];
+/// Anchors of the date-of-birth pattern (see `prefilter.rs`): `born`, `birth…`, `dob`. The
+/// dotted `d.o.b.` has no word of two letters to anchor on and is not looked for.
+const DOB_KEYWORDS: &[&str] = &["born", "birth", "dob"];
 
-fn keywords(words: &[&str]) -> Result<AhoCorasick, ScanError> {
-    AhoCorasickBuilder::new()
-        .ascii_case_insensitive(true)
-        .match_kind(MatchKind::LeftmostFirst)
-        .build(words)
-        .map_err(|_| ScanError::Gate)
-}
+/// Item ids of the keyword patterns in the shared prefilter.
+const DOB_ITEM: u16 = 0;
+const PASSPORT_ITEM: u16 = 1;
 
 /// A byte the `numeric` pattern can match: digits, `+ ( ) . -`, space and the `x`/`ext` suffix.
 fn number_char(b: u8) -> bool {
@@ -341,27 +378,87 @@ fn number_char(b: u8) -> bool {
     )
 }
 
-/// The next position at or after `from` where an IBAN can start: two ASCII letters, two
-/// digits, and no word character before.
-fn next_iban_start(bytes: &[u8], from: usize) -> Option<usize> {
-    let mut i = from.checked_add(2)?;
-    while i + 1 < bytes.len() {
-        if bytes[i].is_ascii_digit() {
-            if bytes[i + 1].is_ascii_digit()
-                && bytes[i - 1].is_ascii_alphabetic()
-                && bytes[i - 2].is_ascii_alphabetic()
-                && (i == 2 || !(bytes[i - 3].is_ascii_alphanumeric() || bytes[i - 3] == b'_'))
-            {
-                return Some(i - 2);
-            }
-            i += 1;
-        } else if bytes[i + 1].is_ascii_digit() {
-            i += 1;
-        } else {
-            i += 2;
+/// The first ASCII digit at or after `from`, eight bytes at a time.
+fn next_digit(bytes: &[u8], mut from: usize) -> Option<usize> {
+    const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    while let Some(c) = bytes.get(from..from + 8) {
+        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let x = v & LO7;
+        let ge0 = (x + u64::from_ne_bytes([0x80 - b'0'; 8])) & HI;
+        let gt9 = (x + u64::from_ne_bytes([0x80 - b'9' - 1; 8])) & HI;
+        let digits = ge0 & !gt9 & !(v & HI);
+        if digits != 0 {
+            return Some(from + (digits.trailing_zeros() / 8) as usize);
         }
+        from += 8;
     }
-    None
+    bytes
+        .get(from..)?
+        .iter()
+        .position(u8::is_ascii_digit)
+        .map(|p| from + p)
+}
+
+/// Positions where an IBAN can start: two ASCII letters, two digits, and no word character
+/// before (found from the digit runs, so text without digits costs one skim).
+fn iban_starts(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        loop {
+            let d = next_digit(bytes, i)?;
+            let run_end = d + bytes[d..]
+                .iter()
+                .position(|b| !b.is_ascii_digit())
+                .unwrap_or(bytes.len() - d);
+            i = run_end.max(d + 1);
+            if d >= 2
+                && run_end - d >= 2
+                && bytes[d - 1].is_ascii_alphabetic()
+                && bytes[d - 2].is_ascii_alphabetic()
+                && (d == 2 || !(bytes[d - 3].is_ascii_alphanumeric() || bytes[d - 3] == b'_'))
+            {
+                return Some(d - 2);
+            }
+        }
+    })
+}
+
+/// Windows that may hold an IPv6 address: around a `::`, or a chain of at least seven
+/// colons joining groups of one to four hex digits.
+fn ipv6_windows(bytes: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut colons = memchr::memchr_iter(b':', bytes);
+    let mut done_to = 0;
+    std::iter::from_fn(move || {
+        for c in colons.by_ref() {
+            if c < done_to {
+                continue;
+            }
+            let double = bytes.get(c + 1) == Some(&b':');
+            let mut chain = 1;
+            let mut j = c;
+            while chain < 7 {
+                let group = bytes[j + 1..]
+                    .iter()
+                    .take(5)
+                    .take_while(|b| b.is_ascii_hexdigit())
+                    .count();
+                if (1..=4).contains(&group) && bytes.get(j + 1 + group) == Some(&b':') {
+                    j += 1 + group;
+                    chain += 1;
+                } else {
+                    break;
+                }
+            }
+            if double || chain >= 7 {
+                let s = c.saturating_sub(40);
+                let e = (j + 48).min(bytes.len());
+                done_to = e;
+                return Some((s, e));
+            }
+        }
+        None
+    })
 }
 
 fn push(
@@ -392,17 +489,17 @@ fn dedup_overlaps(out: &mut Vec<Finding>) {
         return;
     }
     out.sort_by_key(|f| (f.start, std::cmp::Reverse(f.end)));
-    let mut kept: Vec<Finding> = Vec::with_capacity(out.len());
-    for f in out.drain(..) {
-        if let Some(last) = kept.last()
-            && f.start >= last.start
-            && f.end <= last.end
+    let mut last: Option<(usize, usize)> = None;
+    out.retain(|f| {
+        if let Some((s, e)) = last
+            && f.start >= s
+            && f.end <= e
         {
-            continue;
+            return false;
         }
-        kept.push(f);
-    }
-    *out = kept;
+        last = Some((f.start, f.end));
+        true
+    });
 }
 
 /// Luhn checksum over ASCII digits.
@@ -455,11 +552,11 @@ fn is_ipv4(run: &[u8]) -> bool {
 }
 
 fn is_ssn(run: &[u8]) -> bool {
-    let parts: Vec<&[u8]> = run.split(|&b| b == b'-' || b == b' ').collect();
-    if parts.len() != 3 || parts[0].len() != 3 || parts[1].len() != 2 || parts[2].len() != 4 {
+    if run.len() != 11 {
         return false;
     }
-    if !parts.iter().all(|p| p.iter().all(u8::is_ascii_digit)) {
+    let parts = [&run[..3], &run[4..6], &run[7..]];
+    if !matches!(run[3], b'-' | b' ') || !parts.iter().all(|p| p.iter().all(u8::is_ascii_digit)) {
         return false;
     }
     let sep_ok = run[3] == run[6];
@@ -473,21 +570,22 @@ fn is_ssn(run: &[u8]) -> bool {
 }
 
 fn is_date_like(run: &[u8]) -> bool {
-    let parts: Vec<&[u8]> = run
-        .split(|&b| b == b'-' || b == b'/' || b == b'.')
-        .collect();
-    if parts.len() != 3
-        || !parts
-            .iter()
-            .all(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit))
-    {
-        return false;
+    // A timestamp is a date followed by a time: judge the part before the first space.
+    let head = run.split(|&b| b == b' ').next().unwrap_or(run);
+    let mut lens = [0usize; 3];
+    let mut parts = 0;
+    for part in head.split(|&b| b == b'-' || b == b'/' || b == b'.') {
+        if parts == 3 || part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return false;
+        }
+        lens[parts] = part.len();
+        parts += 1;
     }
-    let l: Vec<usize> = parts.iter().map(|p| p.len()).collect();
-    matches!(
-        l.as_slice(),
-        [4, 1..=2, 1..=2] | [1..=2, 1..=2, 4] | [1..=2, 1..=2, 2]
-    )
+    parts == 3
+        && matches!(
+            lens,
+            [4, 1..=2, 1..=2] | [1..=2, 1..=2, 4] | [1..=2, 1..=2, 2]
+        )
 }
 
 /// IBAN lengths by country (ISO 13616 registry).
@@ -603,6 +701,16 @@ pub fn iban_valid(raw: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_are_not_phone_numbers() {
+        assert!(cats("2024-05-14 11:02:09 INFO request served").is_empty());
+        assert!(cats("at 2024/05/14 09:30 the job ran").is_empty());
+        assert_eq!(
+            cats("call +1 415 555 0132 after 2024-05-14"),
+            vec![(Category::Phone, "+1 415 555 0132".into())]
+        );
+    }
 
     fn cats(text: &str) -> Vec<(Category, String)> {
         let d = PiiDetector::new().unwrap();

@@ -34,6 +34,8 @@ pub struct Gateway {
     pub addr: std::net::SocketAddr,
     /// The config file, for gateways started by [`gateway_from_file`].
     pub config_path: Option<PathBuf>,
+    /// The gateway's shared state (scanner counters, pins, …) for white-box assertions.
+    pub state: std::sync::Arc<portcullis_gateway::state::Gateway>,
 }
 
 impl Gateway {
@@ -71,7 +73,7 @@ pub async fn gateway_with_servers(servers: &[(&str, String)], extra_yaml: &str) 
     let addr = listener.local_addr().unwrap();
     let yaml = config_yaml(addr, &fixture_url, servers, extra_yaml);
     let config = portcullis_config::from_yaml(&yaml, "test").unwrap_or_else(|e| panic!("{e}"));
-    run_gateway(listener, config, fixture_url, None)
+    run_gateway(listener, config, fixture_url, None).await
 }
 
 /// A gateway started from the config file `dir/portcullis.yaml` (written here with
@@ -85,7 +87,7 @@ pub async fn gateway_from_file(dir: &Path, servers: &[(&str, String)]) -> Gatewa
     std::fs::write(&path, config_yaml(addr, &fixture_url, servers, "")).unwrap();
     let config = portcullis_config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.source.as_deref(), Some(path.as_path()));
-    run_gateway(listener, config, fixture_url, Some(path))
+    run_gateway(listener, config, fixture_url, Some(path)).await
 }
 
 /// The test gateway's config: `fx`, `demo`, the extra `servers`, alice and bob, an allow-all
@@ -108,11 +110,26 @@ pub fn config_yaml(
     } else {
         "rules:\n  - { id: allow-all-test, allow: {} }\n"
     };
+    // Each gateway gets its own store file unless the test names one.
+    let storage = if extra_yaml.contains("storage:") {
+        String::new()
+    } else {
+        format!("storage: \"sqlite://{}\"\n", fresh_store_path().display())
+    };
     format!(
-        "listen: {addr}\nservers:\n  fx:\n    url: {fixture_url}\n  demo:\n    command: [\"{exe}\", demo-server]\n{extra_servers}auth:\n  api_keys:\n    - {{ agent: alice, sha256: \"{a}\" }}\n    - {{ agent: bob, sha256: \"{b}\" }}\n{rules}{extra_yaml}",
+        "listen: {addr}\n{storage}servers:\n  fx:\n    url: {fixture_url}\n  demo:\n    command: [\"{exe}\", demo-server]\n{extra_servers}auth:\n  api_keys:\n    - {{ agent: alice, sha256: \"{a}\" }}\n    - {{ agent: bob, sha256: \"{b}\" }}\n{rules}{extra_yaml}",
         a = portcullis_gateway::auth::key_digest_hex(ALICE),
         b = portcullis_gateway::auth::key_digest_hex(BOB),
     )
+}
+
+/// A new SQLite file path under the system temp dir, unique per process and call.
+pub fn fresh_store_path() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!("portcullis-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("store-{}.db", NEXT.fetch_add(1, Ordering::Relaxed)))
 }
 
 async fn start_fixture() -> String {
@@ -128,7 +145,7 @@ async fn start_fixture() -> String {
     fixture_url
 }
 
-fn run_gateway(
+async fn run_gateway(
     listener: TcpListener,
     config: portcullis_config::Config,
     fixture_url: String,
@@ -139,6 +156,7 @@ fn run_gateway(
     let running = portcullis_gateway::serve::start_on(listener, config, async {
         let _ = stop_rx.await;
     })
+    .await
     .unwrap();
     Gateway {
         base: format!("http://{addr}"),
@@ -151,6 +169,7 @@ fn run_gateway(
         fixture_url,
         addr,
         config_path,
+        state: running.gateway,
     }
 }
 

@@ -1,5 +1,5 @@
 //! Edge checks that run before anything is parsed: Origin and Host (DNS rebinding), media
-//! types, and the `Authorization` challenge. Each failure is a plain HTTP status with a short
+//! types, and authentication with its challenge. Each failure is a plain HTTP status with a short
 //! JSON-RPC error body (no id), never a panic.
 
 use http::{HeaderMap, StatusCode, header};
@@ -140,6 +140,39 @@ pub fn resource_metadata_url(config: &Config, path: &str) -> String {
         "{}/.well-known/oauth-protected-resource{path}",
         config.public_url
     )
+}
+
+/// Authenticates a request on `route`: its principal, or the answer that refuses it (401 with
+/// the challenge naming this route's resource metadata, 403 step-up, 503). More than one
+/// `Authorization` header is refused: which one would count is ambiguous.
+#[allow(clippy::result_large_err)]
+pub async fn authenticate(
+    runtime: &crate::state::Runtime,
+    route: &crate::route::Route,
+    headers: &HeaderMap,
+) -> Result<crate::auth::Principal, axum::response::Response> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let first = values.next();
+    let result = if values.next().is_some() {
+        Err(crate::auth::AuthError::NotBearer)
+    } else {
+        runtime
+            .auth
+            .authenticate(route, first.map(|v| v.as_bytes()))
+            .await
+    };
+    result.map_err(|error| {
+        let server = match route {
+            crate::route::Route::Server(name) => Some(&**name),
+            crate::route::Route::Aggregate => None,
+        };
+        runtime.audit.auth_failure(server, headers, &error);
+        super::render::auth_failure(
+            &error,
+            &resource_metadata_url(&runtime.config, &route.path()),
+            runtime.auth.challenge_scope(),
+        )
+    })
 }
 
 /// The status used for a failed edge check.

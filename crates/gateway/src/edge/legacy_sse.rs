@@ -26,14 +26,14 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use axum::response::sse::Event;
 use futures::StreamExt;
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use portcullis_core::envelope::{Envelope, Kind, Parsed, to_raw};
 use rand::RngCore;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{checks, mcp, render, unsolicited};
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::proxy::errors::{INVALID_REQUEST, ProxyError};
 use crate::proxy::{self, Reply, lifecycle};
 use crate::route::Route;
@@ -158,7 +158,7 @@ impl Connection {
 
 /// `GET /sse`: a connection on the aggregate.
 pub async fn aggregate_stream(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    open(gateway, Route::Aggregate, &headers)
+    open(gateway, Route::Aggregate, &headers).await
 }
 
 /// `GET /mcp/{server}/sse`: a connection on one server's transparent route.
@@ -170,12 +170,16 @@ pub async fn server_stream(
     if gateway.runtime().server(&name).is_none() {
         return render::http_error(StatusCode::NOT_FOUND, "no such catalog server");
     }
-    open(gateway, Route::Server(name.into()), &headers)
+    open(gateway, Route::Server(name.into()), &headers).await
 }
 
 /// Host/Origin checks and authentication, as on `/mcp`.
 #[allow(clippy::result_large_err)]
-fn admit(runtime: &Runtime, route: &Route, headers: &HeaderMap) -> Result<Principal, Response> {
+async fn admit(
+    runtime: &Runtime,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Principal, Response> {
     let config = &runtime.config;
     if !checks::host_allowed(config, headers) || !checks::origin_allowed(config, headers) {
         return Err(render::http_error(
@@ -183,21 +187,12 @@ fn admit(runtime: &Runtime, route: &Route, headers: &HeaderMap) -> Result<Princi
             "Forbidden: Origin or Host not allowed",
         ));
     }
-    auth::authenticate(
-        &config.auth,
-        headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
-    )
-    .map_err(|error| {
-        render::unauthorized(
-            &checks::resource_metadata_url(config, &route.path()),
-            &error.to_string(),
-        )
-    })
+    checks::authenticate(runtime, route, headers).await
 }
 
-fn open(gateway: Arc<Gateway>, route: Route, headers: &HeaderMap) -> Response {
+async fn open(gateway: Arc<Gateway>, route: Route, headers: &HeaderMap) -> Response {
     let runtime = gateway.runtime();
-    let principal = match admit(&runtime, &route, headers) {
+    let principal = match admit(&runtime, &route, headers).await {
         Ok(principal) => principal,
         Err(response) => return response,
     };
@@ -241,7 +236,13 @@ fn open(gateway: Arc<Gateway>, route: Route, headers: &HeaderMap) -> Response {
         .chain(messages)
         .take_until(gateway.legacy_sse.closed())
         .map(Ok::<_, Infallible>);
-    render::sse(events)
+    // A kill switch that stops this agent (or this server's route) ends the connection.
+    crate::proxy::control::end_stream_on_kill(
+        &gateway,
+        &connection.principal,
+        &connection.route,
+        render::sse(events),
+    )
 }
 
 /// The path of `public_url` (empty, or a prefix such as `/portcullis`), so the endpoint is right
@@ -307,7 +308,7 @@ pub async fn message(
     };
     // Authenticate before looking the connection up, so ids cannot be probed. The challenge
     // names the aggregate's metadata: an unauthenticated request may not learn the route.
-    let principal = match admit(&runtime, &Route::Aggregate, &headers) {
+    let principal = match admit(&runtime, &Route::Aggregate, &headers).await {
         Ok(principal) => principal,
         Err(response) => return response,
     };
@@ -328,6 +329,7 @@ pub async fn message(
         Ok(parsed) => parsed,
         Err(response) => return response,
     };
+    let parsed = crate::audit_trail::trace::adopt_header(headers.get("traceparent"), parsed);
     let message = match parsed {
         Parsed::Single(message) => message,
         Parsed::Batch(_) => {
@@ -532,6 +534,9 @@ mod tests {
             user: None,
             method: crate::auth::AuthMethod::ApiKey,
             credential_id: format!("key:{agent}").into(),
+            roles: std::sync::Arc::from([]),
+            token_id: None,
+            task: None,
         };
         let table = Connections::default();
         let (a, _rx) = table.open(principal("alice"), Route::Aggregate, 1).unwrap();

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::Response;
-use http::{HeaderMap, Method, StatusCode, header};
+use http::{HeaderMap, Method, StatusCode};
 use portcullis_core::envelope::{Envelope, Kind, Parsed};
 use portcullis_core::era::{self, Era};
 use portcullis_core::rawobj::RawObject;
@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::render;
 use super::{checks, unsolicited};
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::proxy::errors::{
     INVALID_PARAMS, INVALID_REQUEST, ProxyError, UNSUPPORTED_PROTOCOL_VERSION,
 };
@@ -66,17 +66,9 @@ async fn handle(
             "Forbidden: Origin or Host not allowed",
         );
     }
-    let principal = match auth::authenticate(
-        &config.auth,
-        headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
-    ) {
+    let principal = match checks::authenticate(&runtime, &route, &headers).await {
         Ok(principal) => principal,
-        Err(error) => {
-            return render::unauthorized(
-                &checks::resource_metadata_url(config, &route.path()),
-                &error.to_string(),
-            );
-        }
+        Err(response) => return response,
     };
     match method {
         Method::POST => {
@@ -122,6 +114,7 @@ async fn post(
         Ok(parsed) => parsed,
         Err(response) => return response,
     };
+    let parsed = crate::audit_trail::trace::adopt_header(headers.get("traceparent"), parsed);
     let message = match parsed {
         Parsed::Single(message) => message,
         Parsed::Batch(messages) => {
@@ -438,10 +431,14 @@ fn get(
     if let Some((stream, index)) = last_event
         && let Some(log) = session.streams.get(stream)
     {
-        return render::resumable(session, stream, log, index, &gateway.shutting_down);
+        let resumed = render::resumable(session, stream, log, index, &gateway.shutting_down);
+        return crate::proxy::control::end_stream_on_kill(&gateway, &principal, &route, resumed);
     }
     match unsolicited::standalone_stream(runtime, &session, &gateway.shutting_down) {
-        Some(stream) => stream,
+        // A kill switch that stops this agent (or this server's route) ends the stream.
+        Some(stream) => {
+            crate::proxy::control::end_stream_on_kill(&gateway, &principal, &route, stream)
+        }
         None => render::http_error(
             StatusCode::CONFLICT,
             "too many open streams on this session",

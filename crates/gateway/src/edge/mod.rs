@@ -30,6 +30,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/message", post(legacy_sse::message))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::scrape))
+        .nest(crate::admin::BASE_PATH, crate::admin::router())
         .route(
             "/.well-known/oauth-protected-resource",
             get(protected_resource),
@@ -40,7 +42,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         )
         .route(
             "/.well-known/oauth-protected-resource/mcp/{server}",
-            get(protected_resource),
+            get(server_protected_resource),
         )
         .layer(axum::middleware::from_fn_with_state(
             gateway.clone(),
@@ -79,13 +81,44 @@ async fn readyz(State(gateway): State<Arc<Gateway>>) -> Response {
     )
 }
 
-/// RFC 9728 Protected Resource Metadata for the gateway's MCP endpoints.
+/// RFC 9728 Protected Resource Metadata for the aggregate `/mcp` (also served at the root
+/// well-known path).
 async fn protected_resource(State(gateway): State<Arc<Gateway>>) -> Response {
     let runtime = gateway.runtime();
-    let body = json!({
-        "resource": format!("{}/mcp", runtime.config.public_url),
+    resource_metadata(&runtime, format!("{}/mcp", runtime.config.public_url))
+}
+
+/// RFC 9728 Protected Resource Metadata for `/mcp/{server}`: its own resource identifier,
+/// which is also an accepted token audience on that route (RFC 8707).
+async fn server_protected_resource(
+    State(gateway): State<Arc<Gateway>>,
+    axum::extract::Path(server): axum::extract::Path<String>,
+) -> Response {
+    let runtime = gateway.runtime();
+    if runtime.server(&server).is_none() {
+        return render::http_error(StatusCode::NOT_FOUND, "no such catalog server");
+    }
+    resource_metadata(
+        &runtime,
+        format!("{}/mcp/{server}", runtime.config.public_url),
+    )
+}
+
+/// The metadata document: the resource, the OIDC issuer as authorization server when
+/// `auth.oidc` is configured, and the required scopes.
+fn resource_metadata(runtime: &crate::state::Runtime, resource: String) -> Response {
+    let mut body = json!({
+        "resource": resource,
         "bearer_methods_supported": ["header"],
         "resource_name": "Portcullis MCP gateway",
     });
+    if let Some(issuer) = runtime.auth.issuer() {
+        body["authorization_servers"] = json!([issuer]);
+    }
+    if let Some(oidc) = &runtime.config.auth.oidc
+        && !oidc.required_scopes.is_empty()
+    {
+        body["scopes_supported"] = json!(oidc.required_scopes);
+    }
     render::json(StatusCode::OK, body.to_string().into_bytes())
 }

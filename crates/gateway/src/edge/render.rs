@@ -78,7 +78,23 @@ fn message_response(message: Envelope, status: StatusCode, era: Era) -> Response
     } else {
         status
     };
-    json(status, message.to_bytes())
+    let retry_after = (status == StatusCode::TOO_MANY_REQUESTS)
+        .then(|| retry_after_seconds(&message))
+        .flatten();
+    let mut response = json(status, message.to_bytes());
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// `Retry-After` (whole seconds, rounded up) from a rate-limit error's `data.retryAfterMs`.
+fn retry_after_seconds(message: &Envelope) -> Option<u64> {
+    let error: serde_json::Value = serde_json::from_str(message.member("error")?.get()).ok()?;
+    let ms = error.get("data")?.get("retryAfterMs")?.as_u64()?;
+    Some(ms.div_ceil(1000).max(1))
 }
 
 /// A plain HTTP failure with an id-less JSON-RPC error body.
@@ -97,6 +113,62 @@ pub fn http_error(status: StatusCode, message: &str) -> Response {
 pub fn unauthorized(resource_metadata: &str, why: &str) -> Response {
     let mut response = http_error(StatusCode::UNAUTHORIZED, &format!("Unauthorized: {why}"));
     let challenge = format!("Bearer resource_metadata=\"{resource_metadata}\"");
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// The answer to a failed authentication (RFC 6750, RFC 9728, MCP authorization): 401 with
+/// `WWW-Authenticate: Bearer resource_metadata=…, scope=…` and, for a bad credential,
+/// `error="invalid_token"` with a description; 403 `insufficient_scope` naming every scope
+/// needed (step-up); 503 with `Retry-After` when the issuer's keys cannot be fetched.
+pub fn auth_failure(
+    error: &crate::auth::AuthError,
+    resource_metadata: &str,
+    scope: Option<&str>,
+) -> Response {
+    use crate::auth::AuthError;
+    if *error == AuthError::KeysUnavailable {
+        let mut response = http_error(StatusCode::SERVICE_UNAVAILABLE, &error.to_string());
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        return response;
+    }
+    let (status, code) = match error {
+        AuthError::Missing => (StatusCode::UNAUTHORIZED, None),
+        AuthError::NotBearer => (StatusCode::UNAUTHORIZED, Some("invalid_request")),
+        AuthError::InsufficientScope => (StatusCode::FORBIDDEN, Some("insufficient_scope")),
+        _ => (StatusCode::UNAUTHORIZED, Some("invalid_token")),
+    };
+    let mut challenge = format!("Bearer resource_metadata=\"{resource_metadata}\"");
+    if let Some(scope) = scope {
+        challenge.push_str(&format!(", scope=\"{scope}\""));
+    }
+    if let Some(code) = code {
+        // The description is our own text; keep it a valid quoted-string all the same.
+        let description: String = error
+            .to_string()
+            .chars()
+            .map(|c| match c {
+                '"' | '\\' => '\'',
+                c if c.is_ascii_graphic() || c == ' ' => c,
+                _ => '?',
+            })
+            .collect();
+        challenge.push_str(&format!(
+            ", error=\"{code}\", error_description=\"{description}\""
+        ));
+    }
+    let prefix = if status == StatusCode::FORBIDDEN {
+        "Forbidden"
+    } else {
+        "Unauthorized"
+    };
+    let mut response = http_error(status, &format!("{prefix}: {error}"));
     if let Ok(value) = HeaderValue::from_str(&challenge) {
         response
             .headers_mut()

@@ -35,8 +35,55 @@ pub const UPSTREAM_PROTOCOL: i64 = -31004;
 /// Policy: a rule denied the call, or no rule allowed it (default deny). The message names the
 /// rule (or says that no rule allows the call); `data.rule` holds its id (null for the default).
 pub const POLICY_DENIED: i64 = -31010;
-/// Policy: the matching rule requires approval, which this build cannot grant (fail closed).
+/// Policy: the matching rule requires approval, and this request cannot be held for one
+/// (a server→client request, a `subscriptions/listen`): refused (fail closed).
 pub const APPROVAL_REQUIRED: i64 = -31011;
+// -31012…-31016: kill switches, task tokens, rate limits (`super::control`). `data.rule` names
+// what refused: `kill:{scope}:{name}`, `task-token:{id}`, `rate:{limit id}`.
+/// A kill switch stops this call: the agent, the server, the tool, or everything (lockdown).
+/// The message names the switch and its reason; `data.switch` holds it. Also ends calls in
+/// flight and open streams it matches.
+pub const KILLED: i64 = -31012;
+/// A rate limit or quota (`limits.rate`) refuses the call for now; `data.retryAfterMs` says
+/// when to retry and `data.limit` names the limit. A single request is answered with HTTP 429
+/// and `Retry-After`.
+pub const RATE_LIMITED: i64 = -31013;
+/// The call is outside the servers or tools of the task token that authenticated it.
+pub const OUT_OF_TASK_SCOPE: i64 = -31014;
+/// The task token has used all of its `max_calls`.
+pub const TASK_CALLS_EXHAUSTED: i64 = -31015;
+/// The control-plane store could not record the call against its task token: refused (fail
+/// closed); retrying later can help.
+pub const CONTROL_UNAVAILABLE: i64 = -31016;
+// -31030…-31039: approval gates (issue 6; `crate::approval`). `data` carries `rule`,
+// `approval` (the request id) and, where there is one, `reason`.
+/// A reviewer denied the held call; the message and `data.reason` carry the reviewer's reason.
+pub const APPROVAL_DENIED: i64 = -31030;
+/// Nobody decided before the hold's timeout: the call is denied.
+pub const APPROVAL_EXPIRED: i64 = -31031;
+/// The hold ended without a decision because the caller went away or the gateway is stopping;
+/// the call was not executed.
+pub const APPROVAL_ABANDONED: i64 = -31032;
+/// The approvals store could not record or follow the request: refused (fail closed); retrying
+/// later can help.
+pub const APPROVAL_UNAVAILABLE: i64 = -31033;
+// -31040…-31049: content scanning and tool pinning (`super::scanning`).
+/// A scanner found what the config blocks (`scanners:`) in the arguments, the result or a
+/// server's request; nothing was forwarded. The message names each finding's category and
+/// location, never the matched text; `data.findings` lists family, category, severity, rule,
+/// JSON pointer and action.
+pub const SCAN_BLOCKED: i64 = -31040;
+/// The tool, prompt or resource is quarantined: poisoned, changed since it was pinned (a rug
+/// pull), or new and not approved. The message names it and the change; `data` holds `server`,
+/// `name`, `event` (`changed`, `new`, `poisoned`, `not_reviewed`) and the short hashes.
+/// `portcullis catalog approve` releases it.
+pub const QUARANTINED: i64 = -31041;
+/// The content scanners could not run; the call was refused (fail closed).
+pub const SCANNER_UNAVAILABLE: i64 = -31042;
+// -31020…-31029: the audit trail.
+/// The audit trail could not record the call (store down and no spool): the call was not
+/// forwarded (fail closed). `data.reason` says why; retrying later can help.
+pub const AUDIT_UNAVAILABLE: i64 = -31020;
 
 /// Who caused a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

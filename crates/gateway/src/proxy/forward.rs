@@ -114,6 +114,17 @@ impl Ctx {
         error.to_envelope(self.client_id.as_deref())
     }
 
+    /// Resolves with the kill error when a kill switch stops this call (`super::control`).
+    fn killed(&self) -> impl Future<Output = ProxyError> + '_ {
+        super::control::killed(
+            &self.gateway,
+            &self.principal.agent,
+            &self.server,
+            &self.method,
+            &self.original,
+        )
+    }
+
     fn ended(&self) -> ProxyError {
         ProxyError::upstream(
             UPSTREAM_UNAVAILABLE,
@@ -189,6 +200,10 @@ async fn run(
             let first = tokio::select! {
                 event = flow.events.recv() => event,
                 _ = &mut client_cancelled => None,
+                error = ctx.killed() => {
+                    writer.finish(ctx.error(&error));
+                    return;
+                }
             };
             match first {
                 Some(first) => {
@@ -215,6 +230,7 @@ async fn run(
     let first = tokio::select! {
         event = flow.events.recv() => event.ok_or_else(|| ctx.ended())?,
         _ = &mut client_cancelled => return Err(cancelled()),
+        error = ctx.killed() => return Err(error), // dropping the flow cancels upstream
     };
     match first {
         UpstreamEvent::Response(response)
@@ -258,6 +274,14 @@ fn learn_tool_schemas(ctx: &Ctx, response: &Envelope) {
 /// started it, but the client's retry has a new id.
 fn final_response(ctx: &Ctx, response: Envelope) -> Envelope {
     let response = filter_list(ctx, response);
+    // Scan phase on the way back: results, resource contents, prompts (block, redact, flag).
+    let response = super::scanning::screen_response(
+        &ctx.gateway,
+        &ctx.server,
+        &ctx.method,
+        &ctx.original,
+        response,
+    );
     let mut response = adapt::response(&ctx.face, &ctx.method, response);
     if let Some(id) = &ctx.client_id {
         response.set_id(id.clone());
@@ -284,6 +308,16 @@ fn filter_list(ctx: &Ctx, mut response: Envelope) -> Envelope {
         &ctx.server,
         &mut result,
     );
+    // Tool metadata: poisoned, changed (rug pull) and unapproved new tools are left out.
+    super::scanning::screen_list_result(&ctx.gateway, &ctx.server, &ctx.method, &mut result);
+    // Kill switches and the caller's task token scope.
+    super::control::screen_list_result(
+        &ctx.gateway,
+        &ctx.principal,
+        &ctx.server,
+        &ctx.method,
+        &mut result,
+    );
     response.set_member("result", result.to_raw());
     response
 }
@@ -296,6 +330,15 @@ fn policy_refusal(ctx: &Ctx, request: &Envelope) -> Option<Envelope> {
     super::policy::authorize_server_request(&policy, &ctx.principal, &ctx.server, method)
         .err()
         .map(|error| error.to_envelope(request.id()))
+        // Then the scanners (injection, PII, secrets in sampling/elicitation requests).
+        .or_else(|| super::scanning::screen_server_request(&ctx.gateway, &ctx.server, request))
+}
+
+/// Audit record of a server→client request the policy refused (see [`super::audit`]).
+fn audit_refusal(ctx: &Ctx, request: &Envelope, refusal: &Envelope) {
+    let session = ctx.session.as_ref().map(|s| &*s.id);
+    let audit = &ctx.gateway.audit;
+    super::audit::server_request_refused(audit, &ctx.principal, session, &ctx.server, request, refusal);
 }
 
 /// Legacy sessions at 2025-11-25 get resumable streams (priming event, event ids, replay).
@@ -379,6 +422,7 @@ async fn drive(
                 },
                 _ = &mut client_cancelled => return None,
                 _ = sink.closed() => return None, // client went away: dropping the flow cancels upstream
+                error = ctx.killed() => return sink.finish(ctx.error(&error)).await,
             },
         };
         match event {
@@ -404,6 +448,7 @@ async fn drive(
             }
             UpstreamEvent::Request { request, reply } => {
                 if let Some(refusal) = policy_refusal(&ctx, &request) {
+                    audit_refusal(&ctx, &request, &refusal);
                     let _ = reply.send(refusal);
                     continue;
                 }
@@ -609,6 +654,7 @@ async fn input_round(
             question.get("params").map(|raw| raw.to_owned()),
         );
         if let Some(refusal) = policy_refusal(ctx, &request) {
+            audit_refusal(ctx, &request, &refusal);
             let message = refusal
                 .member_value("error")
                 .and_then(|e| e.get("message").and_then(|m| m.as_str().map(str::to_owned)))

@@ -51,7 +51,8 @@ async fn presented(
             Ok((
                 facts.capabilities,
                 facts.server_info.unwrap_or_else(gateway_info),
-                facts.instructions,
+                // Instructions reach the model too: left out when poisoned.
+                super::scanning::screen_instructions(runtime, name, facts.instructions),
             ))
         }
     }

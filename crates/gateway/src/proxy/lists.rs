@@ -257,6 +257,23 @@ async fn list_one(
         })?,
         None => Vec::new(),
     };
+    let last_page = result.get("nextCursor").is_none_or(|raw| raw.get() == "null");
+    // Tool metadata: poisoned, changed (rug pull) and unapproved new items are left out.
+    let items = super::scanning::screen_list_items(
+        &call.gateway,
+        &entry.config.name,
+        kind.field(),
+        items,
+        last_page,
+    );
+    // Kill switches and the caller's task token scope.
+    let items = super::control::screen_list_items(
+        &call.gateway,
+        &call.principal,
+        &entry.config.name,
+        kind.field(),
+        items,
+    );
     let next_cursor = result.get_str("nextCursor");
     Ok(Page { items, next_cursor })
 }
@@ -342,6 +359,9 @@ mod tests {
             user: None,
             method: AuthMethod::ApiKey,
             credential_id: format!("key:{agent}").into(),
+            roles: std::sync::Arc::from([]),
+            token_id: None,
+            task: None,
         }
     }
 

@@ -14,6 +14,8 @@
 //! (see `portcullis_core::rawobj`), so the bytes forwarded are the bytes that were authorized.
 
 pub mod adapt;
+pub mod audit;
+pub mod control;
 pub mod errors;
 pub mod forward;
 pub mod held;
@@ -21,6 +23,7 @@ pub mod lifecycle;
 pub mod listen;
 pub mod lists;
 pub mod policy;
+pub mod scanning;
 pub mod target;
 
 use std::sync::Arc;
@@ -48,6 +51,7 @@ pub struct Face {
 }
 
 /// Everything the proxy knows about the message being handled.
+#[derive(Clone)]
 pub struct Call {
     pub gateway: Arc<Gateway>,
     pub runtime: Arc<Runtime>,
@@ -150,16 +154,73 @@ async fn handle_request(call: &Call, message: Envelope) -> Result<Reply, ProxyEr
         "server/discover" => lifecycle::discover(call, &message).await,
         "logging/setLevel" => lifecycle::set_log_level(call, message).await,
         "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
-            lists::list(call, message).await
+            let mut message = message;
+            let mut audit = audit::CallRecord::begin(call, None, &method, &mut message);
+            audit.decision().await?;
+            audit.outcome(lists::list(call, message).await).await
         }
         "subscriptions/listen" => listen::listen(call, message).await,
         _ => {
-            let (entry, upstream_message) = target::resolve(call, message)?;
-            // Kill switch and rate limits (issue 3) slot in here, before the policy decision.
-            policy::authorize_request(call, &entry.config.name, &method, &upstream_message)?;
-            forward::forward(call, &entry, upstream_message, &method).await
+            let (entry, mut upstream_message) = target::resolve(call, message)?;
+            // Audit: trace context and the record of this call (denials via `audit.check`).
+            let mut audit = audit::CallRecord::begin(
+                call,
+                Some(&entry.config.name),
+                &method,
+                &mut upstream_message,
+            );
+            // Kill switches, task-token scope and rate limits, before the policy decision.
+            audit
+                .check(control::admit(call, &entry.config.name, &method, &upstream_message).await)
+                .await?;
+            let mut decided = audit
+                .check(policy::decide_request(
+                    call,
+                    &entry.config.name,
+                    &method,
+                    &upstream_message,
+                ))
+                .await?;
+            audit.set_rule(decided.rule());
+            // Scan: quarantined tools, then the arguments (block, redact, approve, flag).
+            let (screened, findings) =
+                scanning::screen_request(call, &entry, &method, upstream_message).await;
+            audit.add_findings(findings.to_audit());
+            let upstream_message = audit.check(screened).await?;
+            if findings.findings.iter().any(|f| f.action == "redact") {
+                // The decision that counts is the one on the (redacted) bytes forwarded.
+                decided = audit
+                    .check(policy::decide_request(
+                        call,
+                        &entry.config.name,
+                        &method,
+                        &upstream_message,
+                    ))
+                    .await?;
+            }
+            // Approval: a call under an `approve` rule is held until reviewers decide.
+            if let policy::Decided::Approve(need) = decided {
+                return crate::approval::hold(call, entry, upstream_message, method, audit, need)
+                    .await;
+            }
+            proceed(call, &entry, upstream_message, &method, audit).await
         }
     }
+}
+
+/// The end of every governed call that may go on: the durable decision record, the upstream
+/// call, the outcome record. (Also where an approved held call resumes.)
+pub(crate) async fn proceed(
+    call: &Call,
+    entry: &Arc<crate::state::CatalogEntry>,
+    message: Envelope,
+    method: &str,
+    mut audit: audit::CallRecord,
+) -> Result<Reply, ProxyError> {
+    // Durable decision record before the upstream is called (fail closed).
+    audit.decision().await?;
+    let reply = forward::forward(call, entry, message, method).await;
+    audit.outcome(reply).await
 }
 
 async fn handle_notification(call: &Call, message: Envelope) {

@@ -4,9 +4,10 @@
 //!
 //! The decision is made on the aggregated tool name `{server}__{tool}` whichever route the call
 //! came in on, never waits on the network, and fails closed: `deny` and the default deny answer
-//! [`POLICY_DENIED`], `approve` answers [`APPROVAL_REQUIRED`] (this build has no approval flow).
-//! Both messages name the rule; both are logged with the principal and the tool. A denial is
-//! never disguised as "tool not found".
+//! [`POLICY_DENIED`]. `approve` on a `tools/call` is [`Decided::Approve`]: the proxy hands the
+//! call to [`crate::approval`], which holds it for reviewers; anything else an `approve` rule
+//! matches cannot be held and answers [`APPROVAL_REQUIRED`]. Messages name the rule and are
+//! logged with the principal and the tool. A denial is never disguised as "tool not found".
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -27,14 +28,68 @@ pub fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Decides a routed client request (`message` as the upstream will see it, un-namespaced) for
-/// `server`. Ok: the call may go on.
+/// What the policy says about a routed request that it does not refuse.
+#[derive(Debug)]
+pub enum Decided {
+    /// Go on, with the id of the rule that allowed it (for the audit record).
+    Allowed(Option<String>),
+    /// A `tools/call` under an `approve` rule: hold it until reviewers decide.
+    Approve(ApprovalNeed),
+}
+
+impl Decided {
+    /// The rule that decided.
+    pub fn rule(&self) -> Option<String> {
+        match self {
+            Decided::Allowed(rule) => rule.clone(),
+            Decided::Approve(need) => Some(need.rule_id.clone()),
+        }
+    }
+}
+
+/// Why and how a call must be held (see [`crate::approval`]).
+#[derive(Debug, Clone)]
+pub struct ApprovalNeed {
+    pub rule_id: String,
+    pub options: portcullis_policy::ApprovalOptions,
+    /// The aggregated tool name `{server}__{tool}`.
+    pub tool: String,
+    /// The arguments as parsed for the decision, when a rule needed them.
+    pub args: Option<Value>,
+}
+
+/// Decides a routed client request for callers that cannot hold a call: an `approve` decision
+/// is refused with [`APPROVAL_REQUIRED`] (fail closed).
 pub fn authorize_request(
     call: &Call,
     server: &str,
     method: &str,
     message: &Envelope,
-) -> Result<(), ProxyError> {
+) -> Result<Option<String>, ProxyError> {
+    match decide_request(call, server, method, message)? {
+        Decided::Allowed(rule) => Ok(rule),
+        Decided::Approve(need) => {
+            tracing::warn!(agent = %call.principal.agent, method, rule = %need.rule_id, "policy: approval required, but this request cannot be held (refused)");
+            Err(ProxyError::client(
+                APPROVAL_REQUIRED,
+                format!(
+                    "{method} requires approval (rule {}), which cannot be given to this request",
+                    need.rule_id
+                ),
+            )
+            .with_data(serde_json::json!({ "rule": need.rule_id })))
+        }
+    }
+}
+
+/// Decides a routed client request (`message` as the upstream will see it, un-namespaced) for
+/// `server`: refused (Err), allowed, or to be held for approval.
+pub fn decide_request(
+    call: &Call,
+    server: &str,
+    method: &str,
+    message: &Envelope,
+) -> Result<Decided, ProxyError> {
     let policy = &call.runtime.config.policy;
     let tool = (method == "tools/call")
         .then(|| {
@@ -56,7 +111,7 @@ pub fn authorize_request(
     let request = Request {
         agent: &call.principal.agent,
         user: call.principal.user.as_deref(),
-        roles: &[],
+        roles: &call.principal.roles,
         method,
         server: Some(server),
         tool: tool.as_deref(),
@@ -64,7 +119,19 @@ pub fn authorize_request(
         annotations: None,
         now: now(),
     };
-    enforce(&call.principal, &request, policy.decide(&request))
+    let decision = policy.decide(&request);
+    if decision.effect == Effect::Approve
+        && let (Some(tool), Some(rule_id)) = (&tool, &decision.rule_id)
+    {
+        tracing::info!(agent = %call.principal.agent, user = call.principal.user.as_deref().unwrap_or("-"), tool = %tool, rule = %rule_id, "policy: approval required, holding the call");
+        return Ok(Decided::Approve(ApprovalNeed {
+            rule_id: rule_id.clone(),
+            options: policy.approval(rule_id).copied().unwrap_or_default(),
+            tool: tool.clone(),
+            args,
+        }));
+    }
+    enforce(&call.principal, &request, decision).map(Decided::Allowed)
 }
 
 /// Would a method-level call (no tool) on `server` be allowed for the caller? No logging: for
@@ -73,7 +140,7 @@ pub fn allows(call: &Call, server: &str, method: &str) -> bool {
     let request = Request {
         agent: &call.principal.agent,
         user: call.principal.user.as_deref(),
-        roles: &[],
+        roles: &call.principal.roles,
         method,
         server: Some(server),
         now: now(),
@@ -89,11 +156,11 @@ pub fn authorize_server_request(
     principal: &Principal,
     server: &str,
     method: &str,
-) -> Result<(), ProxyError> {
+) -> Result<Option<String>, ProxyError> {
     let request = Request {
         agent: &principal.agent,
         user: principal.user.as_deref(),
-        roles: &[],
+        roles: &principal.roles,
         method,
         server: Some(server),
         now: now(),
@@ -125,7 +192,7 @@ pub fn visible(
     policy.could_allow(&Request {
         agent: &principal.agent,
         user: principal.user.as_deref(),
-        roles: &[],
+        roles: &principal.roles,
         method,
         server: Some(server),
         tool: tool.as_deref(),
@@ -171,13 +238,13 @@ fn enforce(
     principal: &Principal,
     request: &Request<'_>,
     decision: Decision,
-) -> Result<(), ProxyError> {
+) -> Result<Option<String>, ProxyError> {
     let target = request.tool.or(request.server).unwrap_or("-");
     let rule = decision.rule_id.as_deref().unwrap_or("-");
     match decision.effect {
         Effect::Allow => {
             tracing::debug!(agent = %principal.agent, method = request.method, target, rule, "policy: allowed");
-            Ok(())
+            Ok(decision.rule_id)
         }
         Effect::Deny => {
             tracing::warn!(agent = %principal.agent, user = principal.user.as_deref().unwrap_or("-"), method = request.method, target, rule, reason = %decision.reason, "policy: denied");
@@ -188,9 +255,10 @@ fn enforce(
             )
         }
         Effect::Approve => {
-            tracing::warn!(agent = %principal.agent, user = principal.user.as_deref().unwrap_or("-"), method = request.method, target, rule, "policy: approval required, not available (refused)");
+            tracing::warn!(agent = %principal.agent, user = principal.user.as_deref().unwrap_or("-"), method = request.method, target, rule, "policy: approval required, but this request cannot be held (refused)");
             let message = format!(
-                "call requires approval (rule {rule}); approvals are not available in this build"
+                "{} requires approval (rule {rule}), which cannot be given to this request",
+                request.method
             );
             Err(ProxyError::client(APPROVAL_REQUIRED, message).with_data(
                 serde_json::json!({ "rule": decision.rule_id, "reason": decision.reason }),

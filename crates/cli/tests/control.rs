@@ -1,0 +1,638 @@
+//! Kill switches, task tokens, rate limits and the admin API, over real HTTP against an
+//! in-process gateway (and the real binary for the CLI verbs). Attacks are named after the
+//! bypass they pin.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+const OPS: &str = "ops-admin-token";
+const WATCHER: &str = "watcher-viewer-token";
+
+/// Admin tokens for `ops` (admin) and `watcher` (viewer), a rate limit for bob on fx__add, and
+/// `extra`.
+fn control_yaml(extra: &str) -> String {
+    format!(
+        "admin:\n  tokens:\n    - {{ name: ops, sha256: \"{}\", role: admin }}\n    - {{ name: watcher, sha256: \"{}\", role: viewer }}\n  task_tokens: {{ max_ttl: 1h }}\nlimits:\n  rate:\n    - {{ id: bob-adds, agents: [bob], tools: [\"fx__add\"], calls: 2, per: 1m }}\n{extra}",
+        portcullis_gateway::auth::key_digest_hex(OPS),
+        portcullis_gateway::auth::key_digest_hex(WATCHER),
+    )
+}
+
+async fn control_gateway() -> Gateway {
+    gateway_with(&control_yaml("")).await
+}
+
+/// One admin API request: status, headers, JSON body.
+async fn admin(
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = gw
+        .http
+        .request(method, format!("{}/admin/api/v1{path}", gw.base));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, body)
+}
+
+async fn kill(gw: &Gateway, scope: &str, name: Option<&str>) {
+    let mut body = json!({ "scope": scope, "reason": "test incident" });
+    if let Some(name) = name {
+        body["name"] = json!(name);
+    }
+    let (status, _, answer) = admin(gw, "POST", "/kill-switches", Some(OPS), Some(body)).await;
+    assert_eq!(status, 201, "{answer}");
+}
+
+async fn revive(gw: &Gateway, scope: &str, name: Option<&str>) -> u16 {
+    let mut body = json!({ "scope": scope });
+    if let Some(name) = name {
+        body["name"] = json!(name);
+    }
+    admin(gw, "POST", "/kill-switches/revive", Some(OPS), Some(body))
+        .await
+        .0
+}
+
+/// A modern `tools/call` of `tool` with `token`.
+async fn call(gw: &Gateway, token: &str, tool: &str) -> Answer {
+    let arguments = match tool {
+        t if t.ends_with("__add") => json!({ "a": 1, "b": 2 }),
+        _ => json!({ "text": "hi" }),
+    };
+    modern(
+        gw,
+        "/mcp",
+        token,
+        7,
+        "tools/call",
+        json!({ "name": tool, "arguments": arguments }),
+    )
+    .await
+}
+
+fn error_code(answer: &Answer) -> Option<i64> {
+    answer.last()["error"]["code"].as_i64()
+}
+
+fn list_tools(answer: &Answer) -> Vec<String> {
+    tool_names(answer)
+}
+
+async fn tools(gw: &Gateway, token: &str) -> Vec<String> {
+    list_tools(&modern(gw, "/mcp", token, 1, "tools/list", json!({})).await)
+}
+
+/// Issues a task token with `credential` (an admin token or the agent's own key).
+async fn issue(gw: &Gateway, credential: &str, body: Value) -> (String, String) {
+    let (status, _, answer) = admin(gw, "POST", "/tokens", Some(credential), Some(body)).await;
+    assert_eq!(status, 201, "{answer}");
+    (
+        answer["token"].as_str().unwrap().to_owned(),
+        answer["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn admin_api_refuses_missing_credentials_and_low_roles() {
+    let gw = control_gateway().await;
+    // No credentials: 401 with a JSON error and a challenge.
+    let (status, headers, body) = admin(&gw, "GET", "/kill-switches", None, None).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert!(headers.contains_key("www-authenticate"));
+    // A wrong token is 401 as well.
+    assert_eq!(
+        admin(&gw, "GET", "/whoami", Some("nope"), None).await.0,
+        401
+    );
+
+    // The viewer may read but not kill.
+    let (status, _, body) = admin(&gw, "GET", "/whoami", Some(WATCHER), None).await;
+    assert_eq!((status, body["role"].as_str()), (200, Some("viewer")));
+    assert_eq!(
+        admin(&gw, "GET", "/kill-switches", Some(WATCHER), None)
+            .await
+            .0,
+        200
+    );
+    let kill_fx = json!({ "scope": "server", "name": "fx" });
+    let (status, _, body) = admin(
+        &gw,
+        "POST",
+        "/kill-switches",
+        Some(WATCHER),
+        Some(kill_fx.clone()),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    // An agent's API key has no admin role either.
+    let (status, _, _) = admin(
+        &gw,
+        "POST",
+        "/kill-switches",
+        Some(ALICE),
+        Some(kill_fx.clone()),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(first_text(&call(&gw, ALICE, "fx__echo").await), "hi");
+
+    // The admin can; bad bodies are 400 with a reason.
+    let (status, _, body) = admin(&gw, "POST", "/kill-switches", Some(OPS), Some(kill_fx)).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["created_by"], "ops");
+    for bad in [
+        json!({ "scope": "planet", "name": "x" }),
+        json!({ "scope": "server" }),
+        json!({ "scope": "all", "name": "x" }),
+        json!({ "scope": "server", "name": "fx", "extra": 1 }),
+    ] {
+        let (status, _, body) = admin(&gw, "POST", "/kill-switches", Some(OPS), Some(bad)).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["error"]["code"], "bad_request");
+    }
+    // The OpenAPI document is public and lists the routes.
+    let (status, _, doc) = admin(&gw, "GET", "/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/kill-switches"]["post"].is_object(), "{doc}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn kill_server_ends_a_call_in_flight_and_hides_its_tools() {
+    let gw = control_gateway().await;
+    let mut client = LegacyClient::connect(&gw, "/mcp", ALICE, json!({ "sampling": {} })).await;
+    // A call that stays open: the fixture asks the client for a sampling answer and waits.
+    let mut stream = client
+        .request_stream(
+            "tools/call",
+            json!({ "name": "fx__test_sampling", "arguments": { "prompt": "hold on" } }),
+        )
+        .await;
+    assert_eq!(stream.status, 200);
+    let question = stream.next_request().await;
+    assert_eq!(question["method"], "sampling/createMessage");
+
+    kill(&gw, "server", Some("fx")).await;
+    let call_id = json!(client.last_id());
+    let messages = stream.until_response(&call_id).await;
+    let last = messages.last().unwrap();
+    assert_eq!(last["error"]["code"], -31012, "{messages:?}");
+    let message = last["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("server:fx") && message.contains("test incident"),
+        "{message}"
+    );
+    assert_eq!(last["error"]["data"]["rule"], "kill:server:fx");
+
+    // New calls are refused; other servers still answer; lists leave fx out.
+    assert_eq!(
+        error_code(&call(&gw, ALICE, "fx__echo").await),
+        Some(-31012)
+    );
+    assert_eq!(first_text(&call(&gw, ALICE, "demo__echo").await), "hi");
+    let names = tools(&gw, ALICE).await;
+    assert!(names.iter().all(|n| !n.starts_with("fx__")), "{names:?}");
+    assert!(names.contains(&"demo__echo".to_owned()), "{names:?}");
+    // The transparent route is refused too.
+    let direct = modern(
+        &gw,
+        "/mcp/fx",
+        ALICE,
+        3,
+        "tools/call",
+        json!({ "name": "echo", "arguments": { "text": "x" } }),
+    )
+    .await;
+    assert_eq!(error_code(&direct), Some(-31012));
+
+    // Revive: fx is back; reviving again finds nothing.
+    assert_eq!(revive(&gw, "server", Some("fx")).await, 200);
+    assert_eq!(first_text(&call(&gw, ALICE, "fx__echo").await), "hi");
+    assert_eq!(revive(&gw, "server", Some("fx")).await, 404);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn kill_survives_a_gateway_restart() {
+    let store = fresh_store_path();
+    let yaml = control_yaml(&format!("storage: \"sqlite://{}\"\n", store.display()));
+    let gw = gateway_with(&yaml).await;
+    kill(&gw, "tool", Some("fx__ECHO")).await;
+    assert_eq!(
+        error_code(&call(&gw, ALICE, "fx__echo").await),
+        Some(-31012)
+    );
+    gw.stop().await;
+
+    let gw = gateway_with(&yaml).await;
+    let answer = call(&gw, ALICE, "fx__echo").await;
+    assert_eq!(error_code(&answer), Some(-31012), "{answer:?}");
+    assert_eq!(first_text(&call(&gw, ALICE, "fx__add").await), "3");
+    let names = tools(&gw, ALICE).await;
+    assert!(!names.contains(&"fx__echo".to_owned()), "{names:?}");
+    assert!(names.contains(&"fx__add".to_owned()), "{names:?}");
+    let (_, _, listed) = admin(&gw, "GET", "/kill-switches", Some(WATCHER), None).await;
+    assert_eq!(listed["switches"][0]["name"], "fx__echo", "{listed}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn lockdown_stops_every_agent_until_revived() {
+    let gw = control_gateway().await;
+    kill(&gw, "all", None).await;
+    for token in [ALICE, BOB] {
+        for tool in ["fx__echo", "demo__echo"] {
+            let answer = call(&gw, token, tool).await;
+            assert_eq!(error_code(&answer), Some(-31012), "{answer:?}");
+            assert!(
+                answer.last()["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("lockdown")
+            );
+        }
+        assert!(tools(&gw, token).await.is_empty());
+    }
+    assert_eq!(revive(&gw, "all", None).await, 200);
+    assert_eq!(first_text(&call(&gw, BOB, "demo__echo").await), "hi");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn kill_agent_stops_only_that_agent() {
+    let gw = control_gateway().await;
+    kill(&gw, "agent", Some("bob")).await;
+    assert_eq!(error_code(&call(&gw, BOB, "fx__echo").await), Some(-31012));
+    assert_eq!(first_text(&call(&gw, ALICE, "fx__echo").await), "hi");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn task_token_cannot_call_outside_its_scope() {
+    let gw = control_gateway().await;
+    // Alice exchanges her own key for a token limited to fx__echo.
+    let (token, _) = issue(
+        &gw,
+        ALICE,
+        json!({ "servers": ["fx"], "tools": ["fx__echo"], "ttl": "10m" }),
+    )
+    .await;
+    assert!(token.starts_with("pct_"), "{token}");
+    assert_eq!(first_text(&call(&gw, &token, "fx__echo").await), "hi");
+    for outside in ["fx__add", "demo__echo"] {
+        let answer = call(&gw, &token, outside).await;
+        assert_eq!(error_code(&answer), Some(-31014), "{outside}: {answer:?}");
+        assert!(
+            answer.last()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("does not cover")
+        );
+    }
+    // Lists show only what the token covers.
+    assert_eq!(tools(&gw, &token).await, vec!["fx__echo".to_owned()]);
+    // Alice's own key still sees everything.
+    assert!(tools(&gw, ALICE).await.len() > 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn agent_cannot_mint_a_task_token_for_another_agent_or_from_a_task_token() {
+    let gw = control_gateway().await;
+    let (status, _, body) = admin(
+        &gw,
+        "POST",
+        "/tokens",
+        Some(ALICE),
+        Some(json!({ "agent": "bob" })),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    let (token, _) = issue(&gw, ALICE, json!({ "tools": ["fx__echo"] })).await;
+    let (status, _, body) = admin(&gw, "POST", "/tokens", Some(&token), Some(json!({}))).await;
+    assert_eq!(status, 403, "{body}");
+    // Longer than admin.task_tokens.max_ttl: refused.
+    let (status, _, _) = admin(
+        &gw,
+        "POST",
+        "/tokens",
+        Some(ALICE),
+        Some(json!({ "ttl": "2h" })),
+    )
+    .await;
+    assert_eq!(status, 400);
+    // An admin may mint for any agent; the token acts as that agent.
+    let (token, _) = issue(&gw, OPS, json!({ "agent": "bob", "ttl": 60 })).await;
+    let (status, _, body) = admin(&gw, "GET", "/tokens", Some(BOB), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["tokens"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(body["tokens"][0]["agent"], "bob");
+    assert!(
+        !body.to_string().contains(&token),
+        "the secret is never listed"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn expired_task_token_is_refused() {
+    let gw = control_gateway().await;
+    let (token, _) = issue(&gw, OPS, json!({ "agent": "alice", "ttl": "1s" })).await;
+    assert_eq!(first_text(&call(&gw, &token, "fx__echo").await), "hi");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let answer = call(&gw, &token, "fx__echo").await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert!(
+        answer
+            .header("www-authenticate")
+            .unwrap()
+            .contains("expired")
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn revoked_task_token_is_refused_at_once() {
+    let gw = control_gateway().await;
+    let (token, id) = issue(&gw, ALICE, json!({ "ttl": "5m" })).await;
+    assert_eq!(first_text(&call(&gw, &token, "fx__echo").await), "hi");
+    // Bob cannot revoke alice's token (it looks missing to him).
+    assert_eq!(
+        admin(&gw, "DELETE", &format!("/tokens/{id}"), Some(BOB), None)
+            .await
+            .0,
+        404
+    );
+    let (status, _, body) = admin(&gw, "DELETE", &format!("/tokens/{id}"), Some(ALICE), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["revoked"], true);
+    let answer = call(&gw, &token, "fx__echo").await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert_eq!(
+        admin(&gw, "DELETE", "/tokens/tt_missing", Some(OPS), None)
+            .await
+            .0,
+        404
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn task_token_max_calls_is_exact_under_concurrency() {
+    let gw = control_gateway().await;
+    let (token, _) = issue(&gw, ALICE, json!({ "max_calls": 5 })).await;
+    let calls = (0..20).map(|_| call(&gw, &token, "fx__echo"));
+    let answers = futures::future::join_all(calls).await;
+    let ok = answers.iter().filter(|a| error_code(a).is_none()).count();
+    let exhausted = answers
+        .iter()
+        .filter(|a| error_code(a) == Some(-31015))
+        .count();
+    assert_eq!((ok, exhausted), (5, 15), "{answers:?}");
+    let (_, _, body) = admin(&gw, "GET", "/tokens", Some(ALICE), None).await;
+    assert_eq!(body["tokens"][0]["calls_used"], 5, "{body}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_a_retry_hint() {
+    let gw = control_gateway().await;
+    for _ in 0..2 {
+        assert_eq!(first_text(&call(&gw, BOB, "fx__add").await), "3");
+    }
+    let answer = call(&gw, BOB, "fx__add").await;
+    assert_eq!(answer.status, 429, "{answer:?}");
+    let retry: u64 = answer.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let error = &answer.last()["error"];
+    assert_eq!(error["code"], -31013);
+    assert_eq!(error["data"]["limit"], "bob-adds");
+    assert!(
+        error["data"]["retryAfterMs"].as_u64().unwrap() > 1000,
+        "{error}"
+    );
+    // Other tools and other agents are not limited.
+    assert_eq!(first_text(&call(&gw, BOB, "fx__echo").await), "hi");
+    assert_eq!(first_text(&call(&gw, ALICE, "fx__add").await), "3");
+    // A legacy session gets the same answer.
+    let mut client = LegacyClient::connect(&gw, "/mcp", BOB, json!({})).await;
+    let answer = client
+        .request(
+            "tools/call",
+            json!({ "name": "fx__add", "arguments": { "a": 1, "b": 1 } }),
+        )
+        .await;
+    assert_eq!(answer.status, 429, "{answer:?}");
+    assert_eq!(answer.last()["error"]["code"], -31013);
+    assert_eq!(answer.last()["id"], json!(client.last_id()));
+    gw.stop().await;
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn cli_kill_revive_and_token_verbs_talk_to_the_admin_api() {
+    let gw = control_gateway().await;
+    let out = cli(
+        &gw,
+        &["kill", "server", "fx", "--reason", "cli test"],
+        Some(OPS),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout(&out).contains("killed server:fx"), "{out:?}");
+    assert_eq!(
+        error_code(&call(&gw, ALICE, "fx__echo").await),
+        Some(-31012)
+    );
+    let out = cli(&gw, &["kill", "--list"], Some(WATCHER)).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout(&out).contains("server:fx") && stdout(&out).contains("cli test"),
+        "{out:?}"
+    );
+    // A viewer cannot revive (refused by the gateway: exit 1); nor can anyone without a token.
+    assert_eq!(
+        cli(&gw, &["revive", "server", "fx"], Some(WATCHER))
+            .await
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        cli(&gw, &["revive", "server", "fx"], None)
+            .await
+            .status
+            .code(),
+        Some(1)
+    );
+    let out = cli(&gw, &["revive", "server", "fx"], Some(OPS)).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(first_text(&call(&gw, ALICE, "fx__echo").await), "hi");
+    // Nothing left to revive: exit 1.
+    assert_eq!(
+        cli(&gw, &["revive", "server", "fx"], Some(OPS))
+            .await
+            .status
+            .code(),
+        Some(1)
+    );
+
+    // token issue with the agent's own key prints just the token.
+    let out = cli(
+        &gw,
+        &[
+            "token",
+            "issue",
+            "--agent-key",
+            ALICE,
+            "--servers",
+            "fx",
+            "--tools",
+            "fx__echo",
+            "--ttl",
+            "5m",
+            "--max-calls",
+            "3",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let token = stdout(&out).trim().to_owned();
+    assert!(token.starts_with("pct_"), "{out:?}");
+    assert_eq!(first_text(&call(&gw, &token, "fx__echo").await), "hi");
+    let out = cli(&gw, &["token", "list", "--json"], Some(WATCHER)).await;
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = listed["tokens"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(listed["tokens"][0]["calls_used"], 1);
+    let revoke = ["token", "revoke", id.as_str()];
+    assert_eq!(cli(&gw, &revoke, Some(OPS)).await.status.code(), Some(0));
+    assert_eq!(call(&gw, &token, "fx__echo").await.status, 401);
+
+    // Usage errors and an unreachable gateway: exit 2.
+    assert_eq!(cli(&gw, &["kill"], Some(OPS)).await.status.code(), Some(2));
+    let out = portcullis_unreachable(&["kill", "--list"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    gw.stop().await;
+}
+
+/// Runs the real binary against `gw` with `admin_token` in `PORTCULLIS_ADMIN_TOKEN`.
+async fn cli(gw: &Gateway, args: &[&str], admin_token: Option<&str>) -> std::process::Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command
+        .args(args)
+        .env("PORTCULLIS_URL", &gw.base)
+        .env_remove("PORTCULLIS_ADMIN_TOKEN")
+        .env_remove("PORTCULLIS_AGENT_KEY");
+    if let Some(token) = admin_token {
+        command.env("PORTCULLIS_ADMIN_TOKEN", token);
+    }
+    tokio::time::timeout(PEER_WAIT, command.output())
+        .await
+        .expect("the CLI finishes in time")
+        .unwrap()
+}
+
+/// The CLI against a port nothing listens on.
+fn portcullis_unreachable(args: &[&str]) -> std::process::Output {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env("PORTCULLIS_URL", url)
+        .env("PORTCULLIS_ADMIN_TOKEN", OPS)
+        .output()
+        .unwrap()
+}
+
+/// Reads `response`'s body until it ends; panics if it is still open after [`PEER_WAIT`].
+async fn body_ends(response: reqwest::Response) {
+    use futures::StreamExt as _;
+    let mut body = response.bytes_stream();
+    tokio::time::timeout(PEER_WAIT, async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await
+    .expect("the stream ends after the kill");
+}
+
+#[tokio::test]
+async fn kill_agent_ends_its_open_get_and_legacy_sse_streams() {
+    let gw = control_gateway().await;
+    // The Streamable HTTP standalone GET stream of a legacy session.
+    let client = LegacyClient::connect(&gw, "/mcp", ALICE, json!({})).await;
+    let get = gw
+        .http
+        .get(format!("{}/mcp", gw.base))
+        .bearer_auth(ALICE)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &client.session)
+        .header("mcp-protocol-version", LEGACY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    // The old HTTP+SSE transport's stream.
+    let sse = gw
+        .http
+        .get(format!("{}/sse", gw.base))
+        .bearer_auth(ALICE)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    // Bob's stream is not alice's business.
+    let bob = gw
+        .http
+        .get(format!("{}/sse", gw.base))
+        .bearer_auth(BOB)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut bob_body = bob.bytes_stream();
+    use futures::StreamExt as _;
+    let endpoint = tokio::time::timeout(PEER_WAIT, bob_body.next())
+        .await
+        .unwrap();
+    assert!(
+        endpoint.is_some(),
+        "bob's stream starts with its endpoint event"
+    );
+
+    kill(&gw, "agent", Some("alice")).await;
+    body_ends(get).await;
+    body_ends(sse).await;
+    // Bob's stream is still open: nothing arrives, and it has not ended.
+    let next = tokio::time::timeout(Duration::from_millis(300), bob_body.next()).await;
+    assert!(next.is_err(), "bob's stream must stay open: {next:?}");
+    gw.stop().await;
+}

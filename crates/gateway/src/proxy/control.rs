@@ -1,0 +1,249 @@
+//! Kill switches, task-token scope and rate limits on the data plane (DESIGN step 6), between
+//! route and policy. The decisions are [`portcullis_control`]'s; this module feeds it the call
+//! and turns its refusals into JSON-RPC errors (codes in [`super::errors`], `data.rule` naming
+//! what refused so that audit records show it):
+//!
+//! - a kill switch → [`KILLED`]; calls in flight and open streams it matches end with the same
+//!   error ([`killed`], [`stream_killed`]);
+//! - outside the task token's servers or tools → [`OUT_OF_TASK_SCOPE`]; past its `max_calls`
+//!   → [`TASK_CALLS_EXHAUSTED`];
+//! - a rate limit → [`RATE_LIMITED`] with `data.retryAfterMs`, HTTP 429 for a single request
+//!   (the edge adds `Retry-After`).
+//!
+//! Lists leave out what a kill switch stops and what the caller's task token does not cover
+//! ([`screen_list_items`], [`screen_list_result`]); policy filters them as well.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use portcullis_control::kill::{KillSet, KillSwitch, Scope, wait_for_kill};
+use portcullis_control::task::ScopeError;
+use portcullis_control::{CallFacts, Refusal};
+use portcullis_core::envelope::Envelope;
+use portcullis_core::names;
+use portcullis_core::rawobj::RawObject;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::Call;
+use super::errors::{
+    CONTROL_UNAVAILABLE, KILLED, OUT_OF_TASK_SCOPE, ProxyError, RATE_LIMITED, TASK_CALLS_EXHAUSTED,
+};
+use crate::auth::Principal;
+use crate::state::Gateway;
+
+/// Admits a routed request (`message` as the upstream will see it) for `server`, or refuses
+/// it. Counts the call against the caller's task token when it is admitted.
+pub async fn admit(
+    call: &Call,
+    server: &str,
+    method: &str,
+    message: &Envelope,
+) -> Result<(), ProxyError> {
+    let tool = tool_of(server, method, message);
+    let facts = CallFacts {
+        agent: &call.principal.agent,
+        server,
+        tool: tool.as_deref(),
+        task: call.principal.task.as_deref(),
+    };
+    call.gateway.control.admit(&facts).await.map_err(|refusal| {
+        let error = refusal_error(refusal);
+        tracing::warn!(agent = %call.principal.agent, server, tool = tool.as_deref().unwrap_or("-"), code = error.code, reason = %error.message, "control: refused");
+        error
+    })
+}
+
+/// The aggregated `{server}__{tool}` of a `tools/call`.
+fn tool_of(server: &str, method: &str, message: &Envelope) -> Option<String> {
+    (method == "tools/call")
+        .then(|| {
+            message
+                .params()
+                .and_then(RawObject::parse)
+                .and_then(|p| p.get_str("name"))
+        })
+        .flatten()
+        .map(|name| names::join(server, &name))
+}
+
+/// The JSON-RPC error for a refusal.
+pub fn refusal_error(refusal: Refusal) -> ProxyError {
+    match refusal {
+        Refusal::Killed(switch) => killed_error(&switch),
+        Refusal::OutOfScope(error) => {
+            let (code, id) = match &error {
+                ScopeError::Exhausted { id, .. } => (TASK_CALLS_EXHAUSTED, id),
+                ScopeError::Server { id, .. }
+                | ScopeError::Tool { id, .. }
+                | ScopeError::NotATool { id } => (OUT_OF_TASK_SCOPE, id),
+            };
+            ProxyError::client(code, error.to_string())
+                .with_data(json!({ "rule": format!("task-token:{id}"), "token": id }))
+        }
+        Refusal::RateLimited(refusal) => {
+            let retry_ms = u64::try_from(refusal.retry_after.as_millis()).unwrap_or(u64::MAX);
+            ProxyError::client(
+                RATE_LIMITED,
+                format!(
+                    "rate limit {} exceeded; retry in {retry_ms} ms",
+                    refusal.limit
+                ),
+            )
+            .with_status(StatusCode::TOO_MANY_REQUESTS)
+            .with_data(json!({
+                "rule": format!("rate:{}", refusal.limit),
+                "limit": refusal.limit,
+                "retryAfterMs": retry_ms,
+            }))
+        }
+        Refusal::Unavailable(why) => ProxyError {
+            fault: super::errors::Fault::Gateway,
+            ..ProxyError::client(CONTROL_UNAVAILABLE, format!("call refused: {why}"))
+        }
+        .with_status(StatusCode::SERVICE_UNAVAILABLE),
+    }
+}
+
+/// The error a kill switch answers with.
+pub fn killed_error(switch: &KillSwitch) -> ProxyError {
+    let what = match switch.target.scope {
+        Scope::All => "the gateway is in lockdown".to_owned(),
+        Scope::Agent => format!("agent {} is killed", switch.target.name),
+        Scope::Server => format!("server {} is killed", switch.target.name),
+        Scope::Tool => format!("tools matching {} are killed", switch.target.name),
+    };
+    let reason = if switch.reason.is_empty() {
+        String::new()
+    } else {
+        format!(" (reason: {})", switch.reason)
+    };
+    ProxyError::client(
+        KILLED,
+        format!("killed: {what} by kill switch {}{reason}", switch.target),
+    )
+    .with_data(json!({
+        "rule": format!("kill:{}", switch.target),
+        "switch": switch.to_json(),
+    }))
+}
+
+/// Resolves (with the kill error) when a kill switch stops this call in flight: by `agent` to
+/// `server`, `message` being the request as sent upstream.
+pub async fn killed(
+    gateway: &Gateway,
+    agent: &str,
+    server: &str,
+    method: &str,
+    message: &Envelope,
+) -> ProxyError {
+    let tool = tool_of(server, method, message);
+    let mut sets = gateway.control.kills.subscribe();
+    let switch = wait_for_kill(&mut sets, agent, Some(server), tool.as_deref()).await;
+    killed_error(&switch)
+}
+
+/// Resolves (with the kill error) when a kill switch stops an open stream of `agent`: a
+/// lockdown, the agent's switch or, for a stream of one server, that server's switch.
+pub async fn stream_killed(gateway: &Gateway, agent: &str, server: Option<&str>) -> ProxyError {
+    let mut sets = gateway.control.kills.subscribe();
+    let switch = wait_for_kill(&mut sets, agent, server, None).await;
+    killed_error(&switch)
+}
+
+/// Leaves out of a page of list items (the upstream's own names, `field` = `tools`, …) what a
+/// kill switch stops and what the caller's task token does not cover.
+pub fn screen_list_items(
+    gateway: &Gateway,
+    principal: &Principal,
+    server: &str,
+    field: &str,
+    items: Vec<Box<RawValue>>,
+) -> Vec<Box<RawValue>> {
+    let kills = gateway.control.kills.snapshot();
+    if kills.is_empty() && principal.task.is_none() {
+        return items;
+    }
+    items
+        .into_iter()
+        .filter(|item| visible(&kills, principal, server, field, item))
+        .collect()
+}
+
+/// The same for a whole list result on the transparent route.
+pub fn screen_list_result(
+    gateway: &Gateway,
+    principal: &Principal,
+    server: &str,
+    method: &str,
+    result: &mut RawObject,
+) {
+    let field = match method {
+        "tools/list" => "tools",
+        "prompts/list" => "prompts",
+        "resources/list" => "resources",
+        "resources/templates/list" => "resourceTemplates",
+        _ => return,
+    };
+    let Some(raw) = result.get(field) else {
+        return;
+    };
+    let Ok(items) = serde_json::from_str::<Vec<Box<RawValue>>>(raw.get()) else {
+        return;
+    };
+    let kept = screen_list_items(gateway, principal, server, field, items);
+    result.set(field, portcullis_core::envelope::to_raw(&kept));
+}
+
+fn visible(
+    kills: &Arc<KillSet>,
+    principal: &Principal,
+    server: &str,
+    field: &str,
+    item: &RawValue,
+) -> bool {
+    if kills.agent(&principal.agent).is_some() || kills.server(server).is_some() {
+        return false;
+    }
+    if field != "tools" {
+        // A task token that names tools covers only those tools' calls.
+        return principal
+            .task
+            .as_ref()
+            .is_none_or(|task| task.allows_server(server) && task.tools.is_empty());
+    }
+    let Some(name) = RawObject::parse(item).and_then(|item| item.get_str("name")) else {
+        return false;
+    };
+    let aggregated = names::join(server, &name);
+    kills.tool(server, &aggregated).is_none()
+        && principal
+            .task
+            .as_ref()
+            .is_none_or(|task| task.allows_tool(server, &aggregated))
+}
+
+/// Ends a streaming response (an SSE body) when a kill switch stops streams of `principal` on
+/// `route` ([`stream_killed`]): the body simply ends, as on shutdown. The watch lives inside
+/// the body, so it goes away with the stream.
+pub fn end_stream_on_kill(
+    gateway: &Arc<Gateway>,
+    principal: &Principal,
+    route: &crate::route::Route,
+    response: axum::response::Response,
+) -> axum::response::Response {
+    use futures::StreamExt as _;
+    let gateway = gateway.clone();
+    let agent = principal.agent.clone();
+    let server = match route {
+        crate::route::Route::Server(name) => Some(name.clone()),
+        crate::route::Route::Aggregate => None,
+    };
+    let killed = async move {
+        let error = stream_killed(&gateway, &agent, server.as_deref()).await;
+        tracing::info!(%agent, reason = %error.message, "open stream ended by a kill switch");
+    };
+    response.map(|body| {
+        axum::body::Body::from_stream(body.into_data_stream().take_until(Box::pin(killed)))
+    })
+}

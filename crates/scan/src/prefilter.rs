@@ -1,0 +1,608 @@
+//! The shared prefilter: one normalized view of the text and one pass over its words that finds
+//! the anchors of every detector, so that most bytes of ordinary text are touched a few times in
+//! total instead of once per pattern.
+//!
+//! - **Normalized view** ([`normalize_into`]): the text, same length, ASCII lowercased, with
+//!   escaped control sequences (`\n`, `\r`, `\t` written as two characters, as they appear in
+//!   JSON- or YAML-escaped tool output) replaced by spaces. Offsets into it are offsets into the
+//!   text, so spans need no mapping. Cue patterns run on this view, which is why a `\n` written
+//!   as two characters still separates words.
+//! - **Anchors** ([`Lexicon`]): each detector item (a cue, a secret rule, a PII keyword pattern)
+//!   declares lowercase literals, one of which every match must contain. An item whose anchors
+//!   are absent is never run, and one that is present runs only in a window around them. Items
+//!   without anchors (`&[]`) run on the whole text when their detector needs them.
+//!
+//! How anchors are found: a literal is reduced to its longest word (letters, digits, `_`), and
+//! that word to a *key*: its first five bytes (`"ignore"` → every word starting `ignor`), or
+//! the whole word when shorter than five bytes or marked exact with a trailing `$` (`"user"`
+//! is the word `user`, not `user_agent`; `"~/.ssh"` → the word `ssh`). One loop over the words
+//! of the normalized view looks each word's keys up in a small open-addressing table, so the
+//! cost is a byte-class test per byte and one or two probes per word, whatever the number of
+//! anchors. Literals
+//! without a word of two or more characters (`@`, `://`, `!!`) are searched with `memchr`'s
+//! SIMD finders instead. A key is a superset of its literal; the window's pattern decides.
+
+use crate::ScanError;
+
+/// Which detector an anchor belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    Injection,
+    Poisoning,
+    Secret,
+    Pii,
+}
+
+/// One anchor occurrence: byte position in the text and the item it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hit {
+    pub pos: usize,
+    pub owner: Owner,
+    pub item: u16,
+}
+
+/// Bytes of a word: ASCII letters and digits, `_`, and every non-ASCII byte (so a word in
+/// another script is one word, not many).
+const WORD: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_lowercase() || c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_' || c >= 0x80;
+        b += 1;
+    }
+    t
+};
+
+/// [`WORD`] as arithmetic on a lowercased byte (vectorizes where a table lookup does not).
+#[inline(always)]
+fn is_word(b: u8) -> bool {
+    b.wrapping_sub(b'a') < 26 || b.wrapping_sub(b'0') < 10 || b == b'_' || b >= 0x80
+}
+
+const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// `0x80` in each byte of `x` (bytes < 0x80) that is at least `lo`.
+#[inline(always)]
+fn at_least(x: u64, lo: u8) -> u64 {
+    (x + u64::from_ne_bytes([0x80 - lo; 8])) & HI
+}
+
+/// Bit `j` set when byte `j` of the eight little-endian bytes `v` is a word byte ([`is_word`]),
+/// computed with SWAR arithmetic.
+#[inline(always)]
+fn word_bits8(v: u64) -> u64 {
+    let high = v & HI;
+    let x = v & LO7;
+    let letter = at_least(x, b'a') & !at_least(x, b'z' + 1);
+    let digit = at_least(x, b'0') & !at_least(x, b'9' + 1);
+    let u = x ^ u64::from_ne_bytes([b'_'; 8]);
+    let underscore = !(((u & LO7) + LO7) | u) & HI;
+    let flags = high | letter | digit | underscore;
+    ((flags >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
+}
+
+/// Bit `j` set when `chunk[j]` (of 64 lowercased bytes) is a word byte.
+#[inline(always)]
+fn word_mask(chunk: &[u8]) -> u64 {
+    let mut m = 0u64;
+    for (k, c) in chunk.chunks_exact(8).enumerate() {
+        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        m |= word_bits8(v) << (8 * k);
+    }
+    m
+}
+
+/// Bit `j` set when byte `j` of the eight bytes `v` is `_` (`under`) or an ASCII uppercase
+/// letter (`upper`, for the original text).
+#[inline(always)]
+fn marks8(v: u64, under: bool) -> u64 {
+    let x = v & LO7;
+    let flags = if under {
+        let u = x ^ u64::from_ne_bytes([b'_'; 8]);
+        !(((u & LO7) + LO7) | u) & HI & !(v & HI)
+    } else {
+        at_least(x, b'A') & !at_least(x, b'Z' + 1) & !(v & HI)
+    };
+    ((flags >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
+}
+
+/// Bits of `_` in 64 lowercased bytes, or of uppercase letters in 64 original bytes.
+#[inline(always)]
+fn marks_mask(chunk: &[u8], under: bool) -> u64 {
+    let mut m = 0u64;
+    for (k, c) in chunk.chunks_exact(8).enumerate() {
+        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        m |= marks8(v, under) << (8 * k);
+    }
+    m
+}
+
+/// The low `n` bits set.
+#[inline(always)]
+fn ones(n: usize) -> u64 {
+    if n >= 64 { !0 } else { (1u64 << n) - 1 }
+}
+
+/// Bytes of a word that form its prefix key.
+const PREFIX: usize = 5;
+/// Longest word with an exact key.
+const EXACT_MAX: usize = 7;
+/// Tag (top byte) of prefix keys; exact keys carry their length (1..=7) there.
+const PREFIX_TAG: u64 = 0xFF << 56;
+
+/// The first `n` (≤ 7) bytes of `bytes[at..]` as a little-endian integer, using one unaligned
+/// load when eight bytes are available.
+#[inline(always)]
+fn load(bytes: &[u8], at: usize, n: usize) -> u64 {
+    let v = match bytes.get(at..at + 8) {
+        Some(b) => u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+        None => {
+            let mut buf = [0u8; 8];
+            let avail = &bytes[at..(at + n).min(bytes.len())];
+            buf[..avail.len()].copy_from_slice(avail);
+            u64::from_le_bytes(buf)
+        }
+    };
+    v & ((1u64 << (8 * n)) - 1)
+}
+
+/// The exact key of the word `bytes[at..at + len]` (words of up to seven bytes).
+#[inline(always)]
+fn exact_key(bytes: &[u8], at: usize, len: usize) -> Option<u64> {
+    (len <= EXACT_MAX).then(|| load(bytes, at, len) | ((len as u64) << 56))
+}
+
+/// The prefix key of a word of at least five bytes: its first five.
+#[inline(always)]
+fn prefix_key(bytes: &[u8], at: usize, len: usize) -> Option<u64> {
+    (len >= PREFIX).then(|| load(bytes, at, PREFIX) | PREFIX_TAG)
+}
+
+/// Shortest words whose four- and three-byte prefixes are looked up (provider tokens such as
+/// `AKIA…`, `ghp_…`, `eyJ…` start a long word; a `-` inside the token may cut it short).
+const LONG_TOKEN4: usize = 8;
+const LONG_TOKEN3: usize = 10;
+
+/// The key of the first `n` (3 or 4) bytes of a long token.
+#[inline(always)]
+fn long_prefix_key(bytes: &[u8], at: usize, n: usize) -> Option<u64> {
+    matches!(n, 3 | 4).then(|| load(bytes, at, n) | ((0xF0 | n as u64) << 56))
+}
+
+/// The key of an anchor word: exact for words shorter than five bytes or marked with a
+/// trailing `$` (and short enough), else its five-byte prefix.
+fn literal_key(word: &[u8], exact: bool) -> Option<u64> {
+    if exact || word.len() < PREFIX {
+        exact_key(word, 0, word.len()).or_else(|| prefix_key(word, 0, word.len()))
+    } else {
+        prefix_key(word, 0, word.len())
+    }
+}
+
+/// Anchor literals of several detectors, found in one pass over the words.
+#[derive(Debug)]
+pub(crate) struct Lexicon {
+    /// Open-addressing table: `(key, targets index)`, `key == 0` is empty.
+    table: Vec<(u64, u32)>,
+    shift: u32,
+    /// Bit set of the first two bytes of every key: most words fail this one test.
+    first_two: Vec<u64>,
+    /// Literals without a usable word, searched as bytes.
+    symbols: Vec<(Vec<u8>, u32)>,
+    /// The distinct first bytes of the symbols, in groups of up to three for `memchr3`.
+    symbol_starts: Vec<[u8; 3]>,
+    /// For each key or symbol, the items it opens.
+    targets: Vec<Vec<(Owner, u16)>>,
+}
+
+/// The word a literal is found by: the literal itself when it is one word of two or more
+/// bytes, else its longest word of three or more bytes (`None`: search the literal as bytes).
+fn anchor_word(lit: &[u8]) -> Option<&[u8]> {
+    if lit.len() >= 2 && lit.iter().all(|&b| WORD[usize::from(b)]) {
+        return Some(lit);
+    }
+    lit.split(|&b| !WORD[usize::from(b)])
+        .filter(|w| w.len() >= 3)
+        .max_by_key(|w| w.len())
+}
+
+impl Lexicon {
+    /// Build from `(owner, item, literals)`; literals are lowercased and deduplicated.
+    pub fn new<'a>(
+        items: impl IntoIterator<Item = (Owner, u16, &'a [&'a str])>,
+    ) -> Result<Self, ScanError> {
+        let mut keys: Vec<u64> = Vec::new();
+        let mut symbols: Vec<Vec<u8>> = Vec::new();
+        // Target lists: keys first, then symbols (re-indexed below).
+        let mut key_targets: Vec<Vec<(Owner, u16)>> = Vec::new();
+        let mut symbol_targets: Vec<Vec<(Owner, u16)>> = Vec::new();
+        for (owner, item, lits) in items {
+            for lit in lits {
+                let lit = lit.trim().to_ascii_lowercase();
+                let key = if let Some(p) = lit.strip_suffix('*') {
+                    long_prefix_key(p.as_bytes(), 0, p.len())
+                        .filter(|_| p.bytes().all(|b| WORD[usize::from(b)]))
+                } else {
+                    let (word, exact) = match lit.strip_suffix('$') {
+                        Some(l) => (l, true),
+                        None => (lit.as_str(), false),
+                    };
+                    anchor_word(word.as_bytes()).and_then(|w| literal_key(w, exact))
+                };
+                let lit = lit.trim_end_matches(['*', '$']).to_string();
+                let list = match key {
+                    Some(k) => {
+                        let i = keys.iter().position(|&x| x == k).unwrap_or_else(|| {
+                            keys.push(k);
+                            key_targets.push(Vec::new());
+                            keys.len() - 1
+                        });
+                        &mut key_targets[i]
+                    }
+                    None => {
+                        if lit.is_empty() {
+                            return Err(ScanError::Gate);
+                        }
+                        let b = lit.into_bytes();
+                        let i = symbols.iter().position(|x| *x == b).unwrap_or_else(|| {
+                            symbols.push(b);
+                            symbol_targets.push(Vec::new());
+                            symbols.len() - 1
+                        });
+                        &mut symbol_targets[i]
+                    }
+                };
+                if !list.contains(&(owner, item)) {
+                    list.push((owner, item));
+                }
+            }
+        }
+        let bits = (keys.len() * 4).next_power_of_two().max(16).trailing_zeros();
+        let mut table = vec![(0u64, 0u32); 1 << bits];
+        let shift = 64 - bits;
+        for (i, &k) in keys.iter().enumerate() {
+            let mut slot = slot_of(k, shift);
+            while table[slot].0 != 0 {
+                slot = (slot + 1) & (table.len() - 1);
+            }
+            table[slot] = (k, u32::try_from(i).map_err(|_| ScanError::Gate)?);
+        }
+        let mut first_two = vec![0u64; 1024];
+        for &k in &keys {
+            let pair = (k & 0xFFFF) as usize;
+            first_two[pair >> 6] |= 1 << (pair & 63);
+        }
+        let base = key_targets.len();
+        let symbols = symbols
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| Ok((b, u32::try_from(base + i).map_err(|_| ScanError::Gate)?)))
+            .collect::<Result<Vec<_>, ScanError>>()?;
+        let mut firsts: Vec<u8> = symbols.iter().map(|(b, _)| b[0]).collect();
+        firsts.sort_unstable();
+        firsts.dedup();
+        let symbol_starts = firsts
+            .chunks(3)
+            .map(|c| [c[0], c[c.len().min(2) - 1], c[c.len() - 1]])
+            .collect();
+        let mut targets = key_targets;
+        targets.extend(symbol_targets);
+        Ok(Lexicon {
+            table,
+            first_two,
+            shift,
+            symbols,
+            symbol_starts,
+            targets,
+        })
+    }
+
+    #[inline(always)]
+    fn lookup(&self, key: u64) -> Option<u32> {
+        let mask = self.table.len() - 1;
+        let mut slot = slot_of(key, self.shift);
+        loop {
+            let (k, t) = self.table[slot];
+            if k == key {
+                return Some(t);
+            }
+            if k == 0 {
+                return None;
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+
+    /// Every anchor occurrence in `lower` (the normalized view), in text order, for the owners
+    /// `want` selects.
+    pub fn find(
+        &self,
+        text: &[u8],
+        lower: &[u8],
+        want: impl Fn(Owner) -> bool,
+        out: &mut Vec<Hit>,
+    ) {
+        let first = out.len();
+        let targets = &self.targets;
+        // `part`: the hit is a part of an identifier, which only secret rules look for
+        // (`DB_PASSWORD`), not cues (`user_agent` says nothing about a user).
+        let push = |pos: usize, t: u32, part: bool, out: &mut Vec<Hit>| {
+            for &(owner, item) in &targets[t as usize] {
+                if want(owner) && (!part || owner == Owner::Secret) {
+                    out.push(Hit { pos, owner, item });
+                }
+            }
+        };
+        let n = lower.len();
+        // Words are found 64 bytes at a time from a bit mask of word bytes (the mask loop
+        // vectorizes); each word costs one or two table probes.
+        let mut pos = 0; // bytes before `pos` belong to words already handled
+        let mut base = 0;
+        while base < n {
+            if pos >= base + 64 {
+                base += 64;
+                continue;
+            }
+            let (mut m, unders, uppers) =
+                match (lower.get(base..base + 64), text.get(base..base + 64)) {
+                    (Some(chunk), Some(orig)) => (
+                        word_mask(chunk),
+                        marks_mask(chunk, true),
+                        marks_mask(orig, false),
+                    ),
+                    _ => {
+                        // The tail, zero-padded (a zero byte is in no class).
+                        let mut chunk = [0u8; 64];
+                        let mut orig = [0u8; 64];
+                        let tail = &lower[base..];
+                        chunk[..tail.len()].copy_from_slice(tail);
+                        let otail = text.get(base..).unwrap_or(tail);
+                        orig[..otail.len().min(64)].copy_from_slice(&otail[..otail.len().min(64)]);
+                        (
+                            word_mask(&chunk),
+                            marks_mask(&chunk, true),
+                            marks_mask(&orig, false),
+                        )
+                    }
+                };
+            if pos > base {
+                m &= !0u64 << (pos - base);
+            }
+            let mut starts = m & !(m << 1);
+            while starts != 0 {
+                let j = starts.trailing_zeros() as usize;
+                let s = base + j;
+                let mut len = (!(m >> j)).trailing_zeros() as usize;
+                if j + len >= 64 {
+                    len += lower[base + 64..]
+                        .iter()
+                        .position(|&b| !is_word(b))
+                        .unwrap_or(n - base - 64);
+                }
+                pos = s + len;
+                if len >= 2 {
+                    let (under, humps) = if j + len <= 64 {
+                        (
+                            unders >> j & ones(len) != 0,
+                            len >= 8 && uppers >> (j + 1) & ones(len - 1) != 0,
+                        )
+                    } else {
+                        let word = &lower[s..s + len];
+                        (
+                            word.contains(&b'_'),
+                            len >= 8 && text.get(s + 1..s + len) != Some(&word[1..]),
+                        )
+                    };
+                    self.word(text, lower, (s, len), (under, humps), &mut |p, t, part| {
+                        push(p, t, part, out)
+                    });
+                }
+                if pos >= base + 64 {
+                    break;
+                }
+                starts &= starts - 1;
+            }
+            base += 64;
+        }
+        if !self.symbols.is_empty() {
+            // One `memchr3` pass per three distinct first bytes, then a prefix test.
+            for &[a, b, c] in &self.symbol_starts {
+                for pos in memchr::memchr3_iter(a, b, c, lower) {
+                    for (sym, t) in &self.symbols {
+                        if lower[pos..].starts_with(sym) {
+                            push(pos, *t, false, out);
+                        }
+                    }
+                }
+            }
+            out[first..].sort_by_key(|h| h.pos);
+        }
+    }
+
+    /// Look up the word `lower[s..s + len]`: its exact and prefix keys, a long token's short
+    /// prefixes, and the parts of an identifier (`db_password`, `dbPassword` → `password`).
+    #[inline(always)]
+    fn word(
+        &self,
+        text: &[u8],
+        lower: &[u8],
+        (s, len): (usize, usize),
+        (under, humps): (bool, bool),
+        hit: &mut impl FnMut(usize, u32, bool),
+    ) {
+        if self.starts_a_key(lower, s) {
+            self.probe(lower, s, len, &mut |p, t| hit(p, t, false));
+            for (n, min) in [(4, LONG_TOKEN4), (3, LONG_TOKEN3)] {
+                if len >= min
+                    && let Some(t) = long_prefix_key(lower, s, n).and_then(|k| self.lookup(k))
+                {
+                    hit(s, t, false);
+                }
+            }
+        }
+        if !(under || humps) || len < 5 {
+            return;
+        }
+        // Parts: split at `_` and where a lowercase letter meets an uppercase one.
+        let word = &lower[s..s + len];
+        let orig = text.get(s..s + len).unwrap_or(word);
+        let mut part = 0;
+        for i in 1..=len {
+            let boundary = i == len
+                || word[i] == b'_'
+                || (humps && orig[i].is_ascii_uppercase() && orig[i - 1].is_ascii_lowercase());
+            if boundary {
+                let p = if word[part] == b'_' { part + 1 } else { part };
+                if i > p + 1 && (p, i) != (0, len) && self.starts_a_key(lower, s + p) {
+                    self.probe(lower, s + p, i - p, &mut |q, t| hit(q, t, true));
+                }
+                part = i;
+            }
+        }
+    }
+
+    /// Whether some key starts with the two bytes at `s` (most words fail this one test).
+    #[inline(always)]
+    fn starts_a_key(&self, lower: &[u8], s: usize) -> bool {
+        let pair = usize::from(lower[s]) | (usize::from(lower[s + 1]) << 8);
+        self.first_two[pair >> 6] & (1 << (pair & 63)) != 0
+    }
+
+    /// Exact and prefix keys of one word.
+    #[inline(always)]
+    fn probe(&self, lower: &[u8], s: usize, len: usize, hit: &mut impl FnMut(usize, u32)) {
+        if let Some(t) = exact_key(lower, s, len).and_then(|k| self.lookup(k)) {
+            hit(s, t);
+        }
+        if let Some(t) = prefix_key(lower, s, len).and_then(|k| self.lookup(k)) {
+            hit(s, t);
+        }
+    }
+
+    /// Number of distinct keys and symbols.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+}
+
+#[inline(always)]
+fn slot_of(key: u64, shift: u32) -> usize {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize
+}
+
+/// Write the normalized view of `text` into `buf` (cleared first): same length, ASCII
+/// lowercased, escaped `\n`, `\r`, `\t` (backslash + letter) turned into two spaces.
+pub(crate) fn normalize_into(text: &str, buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.extend_from_slice(text.as_bytes());
+    buf.make_ascii_lowercase();
+    let mut from = 0;
+    while let Some(i) = memchr::memchr(b'\\', &buf[from..]) {
+        let i = from + i;
+        if i + 1 < buf.len() && matches!(buf[i + 1], b'n' | b'r' | b't') {
+            buf[i] = b' ';
+            buf[i + 1] = b' ';
+            from = i + 2;
+        } else {
+            from = i + 1;
+        }
+    }
+}
+
+/// A window of `text` around an anchor at `pos`: `before` bytes back and `after` bytes on,
+/// clamped and widened to char boundaries.
+pub(crate) fn window(text: &str, pos: usize, before: usize, after: usize) -> (usize, usize) {
+    crate::char_span(
+        text,
+        pos.saturating_sub(before),
+        pos.saturating_add(after),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalized_view_keeps_offsets() {
+        let t = "Line one.\\n\\nIGNORE the rest\\\\x é";
+        let mut buf = Vec::new();
+        normalize_into(t, &mut buf);
+        assert_eq!(buf.len(), t.len());
+        let s = String::from_utf8(buf).unwrap();
+        assert_eq!(s, "line one.    ignore the rest\\\\x é");
+    }
+
+    #[test]
+    fn anchors_map_to_items() {
+        let lex = Lexicon::new([
+            (Owner::Injection, 0, &["ignore", "disregard"][..]),
+            (Owner::Secret, 3, &["ignore"][..]),
+        ])
+        .unwrap();
+        assert_eq!(lex.len(), 2);
+        let mut hits = Vec::new();
+        lex.find(b"please ignore it", b"please ignore it", |_| true, &mut hits);
+        assert_eq!(hits.len(), 2);
+        assert!(hits.iter().all(|h| h.pos == 7));
+        // A key is a word prefix (or a whole short word), symbols are bytes.
+        let words = Lexicon::new([(Owner::Pii, 1, &["~/.ssh", "ignore", "://", "hi "][..])]).unwrap();
+        let mut found = Vec::new();
+        words.find(b"hi, ignored ssh://x this ~/.ssh", b"hi, ignored ssh://x this ~/.ssh", |_| true, &mut found);
+        let pos: Vec<usize> = found.iter().map(|h| h.pos).collect();
+        assert_eq!(pos, vec![0, 4, 12, 15, 28]);
+        hits.clear();
+        lex.find(b"please ignore it", b"please ignore it", |o| o == Owner::Secret, &mut hits);
+        assert_eq!(
+            hits,
+            vec![Hit {
+                pos: 7,
+                owner: Owner::Secret,
+                item: 3
+            }]
+        );
+    }
+
+    #[test]
+    fn word_mask_matches_byte_test() {
+        let mut bytes = [0u8; 64];
+        for round in 0..64u32 {
+            for (j, b) in bytes.iter_mut().enumerate() {
+                *b = (round.wrapping_mul(97).wrapping_add(j as u32 * 31) % 256) as u8;
+            }
+            let expected = bytes
+                .iter()
+                .enumerate()
+                .fold(0u64, |m, (j, &b)| m | (u64::from(is_word(b)) << j));
+            assert_eq!(word_mask(&bytes), expected, "round {round}");
+            let unders = bytes
+                .iter()
+                .enumerate()
+                .fold(0u64, |m, (j, &b)| m | (u64::from(b == b'_') << j));
+            assert_eq!(marks_mask(&bytes, true), unders, "round {round}");
+            let uppers = bytes
+                .iter()
+                .enumerate()
+                .fold(0u64, |m, (j, &b)| m | (u64::from(b.is_ascii_uppercase()) << j));
+            assert_eq!(marks_mask(&bytes, false), uppers, "round {round}");
+        }
+    }
+
+    #[test]
+    fn identifier_parts_and_token_prefixes() {
+        let lex = Lexicon::new([
+            (Owner::Secret, 0, &["password"][..]),
+            (Owner::Secret, 1, &["akia*"][..]),
+        ])
+        .unwrap();
+        let text = b"DB_PASSWORD=x dbPassword=y AKIAZ3MN7QW2ERTY5UIO akia";
+        let lower = text.to_ascii_lowercase();
+        let mut hits = Vec::new();
+        lex.find(text, &lower, |_| true, &mut hits);
+        let got: Vec<(usize, u16)> = hits.iter().map(|h| (h.pos, h.item)).collect();
+        assert_eq!(got, vec![(3, 0), (16, 0), (27, 1)]);
+    }
+}
