@@ -785,7 +785,7 @@ mod tests {
         let (r, c) = chain();
         // A routine checkpoint moved into the tombstone table does not verify as a tombstone.
         let replayed = c[0].clone();
-        let report = check_after_retention(r[10..].to_vec(), &c, &[replayed.clone()]);
+        let report = check_after_retention(r[10..].to_vec(), &c, std::slice::from_ref(&replayed));
         assert_eq!(
             report.problems,
             vec![

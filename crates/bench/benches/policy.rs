@@ -254,8 +254,8 @@ fn ready<F: Future>(future: F) -> F::Output {
 
 /// A compact JWS signed RS256 with the benchmark key.
 fn rs256_token(header: &serde_json::Value, payload: &serde_json::Value) -> String {
-    let pkcs8 = STANDARD.decode(BENCH_RSA_PKCS8).expect("base64");
-    let key = ring::signature::RsaKeyPair::from_pkcs8(&pkcs8).expect("PKCS#8 RSA key");
+    let der = STANDARD.decode(BENCH_RSA_PKCS1).expect("base64");
+    let key = ring::signature::RsaKeyPair::from_der(&der).expect("PKCS#1 RSA key");
     let input = format!(
         "{}.{}",
         URL_SAFE_NO_PAD.encode(header.to_string()),
@@ -272,9 +272,9 @@ fn rs256_token(header: &serde_json::Value, payload: &serde_json::Value) -> Strin
     format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig))
 }
 
-/// An RSA-2048 key generated for this benchmark only (`openssl genpkey -algorithm RSA
-/// -pkeyopt rsa_keygen_bits:2048 -outform DER`); it protects nothing.
-const BENCH_RSA_PKCS8: &str = "MIIEpAIBAAKCAQEA20cOQ/hKFJEwtgz2DL7rGKyvSIsc7cT/uq/3+4RZNTwdAO/3bI7+LiDQvPtuhNYNNHVOwHWG50gqAIgWbEYMpMjQOdEKtEnG1EIvxDff/vHKz0XE6/ogMjzw+HdtUXMW6616cfZin0Kk0ZhJa/lHQvtdAgtm+bh6zkRufOMS7HLLroDpOZWRWxzhWYlXmi2XKgfVjxHmTbb+Ole9Chmu3MsDxRQ8/71xcDXzg4V69dVMrHrufuyFTSftRYh//Xil16xXD+Zh7hDnBerGUFaE37nOLtO81eUl2s0LYX3I2xcW3jcpA2wRErUxHi3lhaPzEGYyaQiwmtNxeiT1EJQMWwIDAQABAoIBAAdOQT/rfFBeHADcwq/fBocubbKdi+uyFhEavsje+nfnFlJLLHOt+fMAfePl/qMnXI5EYEjSQZngEiItZo3Z8Z7l3+YlPFWQZbL5t4yyjeB5Htg0C2EPVtZFqIOmuvotOvTENWGpo1SKDGK9T6jsx76IEGu6hIZKarEHn6TCjgVZp/T6TeP+aGaUO3s3QaeY2ZwJrq6URsz+hgLGVb0Wpje18XdTZBfhK7TRPTJ6Vnl5UHAk8u8GOJpRxeHhlAaMVaPertk5cY5OoxJMsMoL7lIURn0zIk4YM9GRRI7xHXFvfJUBo53bf/IXkqk8SiZcCrLWr+LNmUOY6LNOQe+II7ECgYEA/EZWw+1CHKoqG4q7KnY1r2/z4lzCmlwuMcEmLNJDRbFMZ2eQ74sWCCXMVJ1zJlvf/Dt+ow7GCj4LA/kJu+kwieD4jO1kVRBiQQXE84NBfnOfx6X1erkN0ZqcMa5YnBYe4sG/ZdlBPvbNFRc+fSPWzAjIFcVi4ZR4Chc0FkgAxBECgYEA3oP6rX/gvvdWTgzbjqUraMQRZ0uFmB6iiHACFBEaFS6GJvk6cg/4TIJJBoQca0BZzUBXyy1rwaJxenxzwYsutD0CnCC3EeDEPEE+2CqdvvYk3MyPw3al+uFFw3Upd72IaQwWJKcTdC/G9WsCARLQ1rt7UrB80wv25Eif8b4wxasCgYBspN45ArS2I5J+ygBRCReVtmER22DzmT9LriMCqorOOMzuu2tvvjZ+y8hzqFsu6eJMflLLZlFjl9SmoVnP011UA88G4jWTbLrjxdhMBvrtul3VXWOatpd87VjXDH6cueoTPd1vv2CZ/S/VJW2D9ytKM3334knzXD1WGygTcG7kAQKBgQCvJREueaZsigDbxJEZEXc+qn3MYYyRNSPX4tov81olbA5aJPhVCa72geJ7B4fa/7bvsQKpwWG882EA+W6f3C7x3cftHm8a2mF70BtoSPsLcXGIfld2kjCJbcHc3J68SmpRzRqs1PmiDW08hXL5Z1cMflvOtW47LIK0I1oKDRsUqwKBgQDfGUmYWW6Gib2SqGR5sGOkiQsP9lxQJtzVA7xLC7mBInk0J4SGdcdXf0bnkdj8QJptKZOagUcJf8r50jk6KLM9POiNA796oFvtPCJPUs7BUbqUDS3k3qiYMQc7jNnbU/dUN+IONH4yHus5WowxJ2s7Q5M3T92xVKfrGj1BppjeEw==";
+/// An RSA-2048 key (PKCS#1 DER) generated for this benchmark only (`openssl genpkey -algorithm
+/// RSA -pkeyopt rsa_keygen_bits:2048 -outform DER`, OpenSSL 3.0); it protects nothing.
+const BENCH_RSA_PKCS1: &str = "MIIEpAIBAAKCAQEA20cOQ/hKFJEwtgz2DL7rGKyvSIsc7cT/uq/3+4RZNTwdAO/3bI7+LiDQvPtuhNYNNHVOwHWG50gqAIgWbEYMpMjQOdEKtEnG1EIvxDff/vHKz0XE6/ogMjzw+HdtUXMW6616cfZin0Kk0ZhJa/lHQvtdAgtm+bh6zkRufOMS7HLLroDpOZWRWxzhWYlXmi2XKgfVjxHmTbb+Ole9Chmu3MsDxRQ8/71xcDXzg4V69dVMrHrufuyFTSftRYh//Xil16xXD+Zh7hDnBerGUFaE37nOLtO81eUl2s0LYX3I2xcW3jcpA2wRErUxHi3lhaPzEGYyaQiwmtNxeiT1EJQMWwIDAQABAoIBAAdOQT/rfFBeHADcwq/fBocubbKdi+uyFhEavsje+nfnFlJLLHOt+fMAfePl/qMnXI5EYEjSQZngEiItZo3Z8Z7l3+YlPFWQZbL5t4yyjeB5Htg0C2EPVtZFqIOmuvotOvTENWGpo1SKDGK9T6jsx76IEGu6hIZKarEHn6TCjgVZp/T6TeP+aGaUO3s3QaeY2ZwJrq6URsz+hgLGVb0Wpje18XdTZBfhK7TRPTJ6Vnl5UHAk8u8GOJpRxeHhlAaMVaPertk5cY5OoxJMsMoL7lIURn0zIk4YM9GRRI7xHXFvfJUBo53bf/IXkqk8SiZcCrLWr+LNmUOY6LNOQe+II7ECgYEA/EZWw+1CHKoqG4q7KnY1r2/z4lzCmlwuMcEmLNJDRbFMZ2eQ74sWCCXMVJ1zJlvf/Dt+ow7GCj4LA/kJu+kwieD4jO1kVRBiQQXE84NBfnOfx6X1erkN0ZqcMa5YnBYe4sG/ZdlBPvbNFRc+fSPWzAjIFcVi4ZR4Chc0FkgAxBECgYEA3oP6rX/gvvdWTgzbjqUraMQRZ0uFmB6iiHACFBEaFS6GJvk6cg/4TIJJBoQca0BZzUBXyy1rwaJxenxzwYsutD0CnCC3EeDEPEE+2CqdvvYk3MyPw3al+uFFw3Upd72IaQwWJKcTdC/G9WsCARLQ1rt7UrB80wv25Eif8b4wxasCgYBspN45ArS2I5J+ygBRCReVtmER22DzmT9LriMCqorOOMzuu2tvvjZ+y8hzqFsu6eJMflLLZlFjl9SmoVnP011UA88G4jWTbLrjxdhMBvrtul3VXWOatpd87VjXDH6cueoTPd1vv2CZ/S/VJW2D9ytKM3334knzXD1WGygTcG7kAQKBgQCvJREueaZsigDbxJEZEXc+qn3MYYyRNSPX4tov81olbA5aJPhVCa72geJ7B4fa/7bvsQKpwWG882EA+W6f3C7x3cftHm8a2mF70BtoSPsLcXGIfld2kjCJbcHc3J68SmpRzRqs1PmiDW08hXL5Z1cMflvOtW47LIK0I1oKDRsUqwKBgQDfGUmYWW6Gib2SqGR5sGOkiQsP9lxQJtzVA7xLC7mBInk0J4SGdcdXf0bnkdj8QJptKZOagUcJf8r50jk6KLM9POiNA796oFvtPCJPUs7BUbqUDS3k3qiYMQc7jNnbU/dUN+IONH4yHus5WowxJ2s7Q5M3T92xVKfrGj1BppjeEw==";
 /// Its modulus, base64url (the JWK `n`).
 const BENCH_RSA_N: &str = "20cOQ_hKFJEwtgz2DL7rGKyvSIsc7cT_uq_3-4RZNTwdAO_3bI7-LiDQvPtuhNYNNHVOwHWG50gqAIgWbEYMpMjQOdEKtEnG1EIvxDff_vHKz0XE6_ogMjzw-HdtUXMW6616cfZin0Kk0ZhJa_lHQvtdAgtm-bh6zkRufOMS7HLLroDpOZWRWxzhWYlXmi2XKgfVjxHmTbb-Ole9Chmu3MsDxRQ8_71xcDXzg4V69dVMrHrufuyFTSftRYh__Xil16xXD-Zh7hDnBerGUFaE37nOLtO81eUl2s0LYX3I2xcW3jcpA2wRErUxHi3lhaPzEGYyaQiwmtNxeiT1EJQMWw";
 

@@ -121,6 +121,10 @@ struct RunArgs {
     /// Print the machine-readable report (JSON) on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// YAML appended to the generated gateway config, e.g. `audit: { enabled: false }` for a
+    /// baseline without the audit trail, or `audit: { sync: normal }`.
+    #[arg(long)]
+    gateway_yaml: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -434,9 +438,10 @@ async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     let port = free_port()?;
     let gateway_addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let yaml = format!(
-        "listen: {gateway_addr}\nstorage: sqlite://{db}\nservers:\n  fast:\n    url: http://{fast_addr}/mcp\n  legacy:\n    url: http://{legacy_addr}/mcp\nauth:\n  api_keys:\n    - {{ agent: loadgen, sha256: \"{digest}\" }}\nlimits: {{ max_sessions: {max} }}\nrules:\n  - {{ id: loadgen, allow: {{ agents: [loadgen] }} }}\n",
+        "listen: {gateway_addr}\nstorage: sqlite://{db}\nservers:\n  fast:\n    url: http://{fast_addr}/mcp\n  legacy:\n    url: http://{legacy_addr}/mcp\nauth:\n  api_keys:\n    - {{ agent: loadgen, sha256: \"{digest}\" }}\nlimits: {{ max_sessions: {max} }}\nrules:\n  - {{ id: loadgen, allow: {{ agents: [loadgen] }} }}\n{extra}\n",
         db = dir.join("portcullis.db").display(),
         max = (args.sessions + 100).max(10_000),
+        extra = args.gateway_yaml.as_deref().unwrap_or(""),
     );
     let config = dir.join("portcullis.yaml");
     std::fs::write(&config, yaml)?;

@@ -155,6 +155,13 @@ async fn verify(
                 "chain {}: {} records, last seq {}, {} checkpoints, signed through seq {}: {status}",
                 r.chain_id, r.records, r.last_seq, r.checkpoints, r.signed_through
             )?;
+            if r.deleted_through > 0 {
+                writeln!(
+                    out,
+                    "  chain {}: records 1..={} deleted by retention (signed tombstone verified)",
+                    r.chain_id, r.deleted_through
+                )?;
+            }
             for p in &r.problems {
                 writeln!(out, "  chain {} seq {}: {p}", r.chain_id, p.position())?;
             }

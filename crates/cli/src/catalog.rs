@@ -16,7 +16,6 @@
 //!
 //! Exit codes: 0 success, 1 `diff` found differences or `pin` refused a tool, 2 error.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -24,8 +23,9 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
 use portcullis_gateway::scanning::canonical;
+use portcullis_gateway::scanning::catalog::{self, entries};
 use portcullis_gateway::scanning::metadata::short;
-use portcullis_gateway::scanning::pins::{self, DefinitionRow, Pin};
+use portcullis_gateway::scanning::pins::{self, DefinitionRow};
 use portcullis_store::Store;
 use serde_json::{Value, json};
 
@@ -167,90 +167,13 @@ fn approver(by: Option<String>) -> String {
     })
 }
 
-/// What the store knows about one tool.
-struct Entry {
-    pin: Option<Pin>,
-    versions: Vec<DefinitionRow>,
-}
-
-impl Entry {
-    /// Versions quarantined since the pin was made that differ from it (every quarantined
-    /// version when unpinned). Versions recorded as `pinned` (an earlier pin's definition) are
-    /// history, not waiting; the gateway re-records a version it quarantines again.
-    fn waiting(&self) -> Vec<&DefinitionRow> {
-        let mut out: Vec<&DefinitionRow> = self
-            .versions
-            .iter()
-            .filter(|v| v.event != "pinned")
-            .filter(|v| match &self.pin {
-                Some(pin) => v.hash != pin.hash && v.last_seen >= pin.at,
-                None => true,
-            })
-            .collect();
-        out.sort_by_key(|v| std::cmp::Reverse(v.last_seen));
-        out
-    }
-
-    fn state(&self) -> &'static str {
-        let waiting = self.waiting();
-        match (&self.pin, waiting.first()) {
-            (Some(_), None) => "pinned",
-            (Some(_), Some(v)) if v.event == "poisoned" => "poisoned",
-            (Some(_), Some(_)) => "changed",
-            (None, Some(v)) if v.event == "poisoned" => "poisoned",
-            (None, _) => "new",
-        }
-    }
-
-    fn pinned_definition(&self) -> Option<&DefinitionRow> {
-        let pin = self.pin.as_ref()?;
-        self.versions.iter().find(|v| v.hash == pin.hash)
-    }
-}
-
-async fn entries(store: &Store) -> anyhow::Result<BTreeMap<(String, String), Entry>> {
-    let mut out: BTreeMap<(String, String), Entry> = BTreeMap::new();
-    for (key, pin) in pins::all_pins(store).await? {
-        out.entry(key)
-            .or_insert_with(|| Entry {
-                pin: None,
-                versions: Vec::new(),
-            })
-            .pin = Some(pin);
-    }
-    for row in pins::definitions(store).await? {
-        out.entry((row.server.clone(), row.tool.clone()))
-            .or_insert_with(|| Entry {
-                pin: None,
-                versions: Vec::new(),
-            })
-            .versions
-            .push(row);
-    }
-    Ok(out)
-}
-
 async fn list(store: &Store, server: Option<&str>, as_json: bool) -> anyhow::Result<ExitCode> {
     let entries = entries(store).await?;
     let shown = entries
         .iter()
         .filter(|((s, _), _)| server.is_none_or(|want| want == s));
     if as_json {
-        let items: Vec<Value> = shown
-            .map(|((s, t), e)| {
-                json!({
-                    "server": s,
-                    "tool": t,
-                    "state": e.state(),
-                    "pinned": e.pin.as_ref().map(|p| json!({"sha256": p.hash, "by": p.by, "at": p.at})),
-                    "waiting": e.waiting().iter().map(|v| json!({
-                        "sha256": v.hash, "event": v.event, "first_seen": v.first_seen,
-                        "last_seen": v.last_seen,
-                        "findings": serde_json::from_str::<Value>(&v.findings).unwrap_or(Value::Null),
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
+        let items: Vec<Value> = shown.map(|((s, t), e)| e.to_json(s, t)).collect();
         println!("{}", Value::Array(items));
         return Ok(ExitCode::SUCCESS);
     }
@@ -343,35 +266,13 @@ async fn approve(
     hash: Option<&str>,
     by: &str,
 ) -> anyhow::Result<ExitCode> {
-    let entries = entries(store).await?;
-    let entry = entries
-        .get(&(server.to_owned(), tool.to_owned()))
-        .ok_or_else(|| anyhow!("no tool {server}/{tool} in the catalog store"))?;
-    let chosen: &DefinitionRow = match hash {
-        Some(prefix) => {
-            let matching: Vec<&DefinitionRow> = entry
-                .versions
-                .iter()
-                .filter(|v| v.hash.starts_with(prefix))
-                .collect();
-            match matching.as_slice() {
-                [one] => one,
-                [] => bail!("no version of {server}/{tool} has a hash starting with {prefix}"),
-                _ => bail!("several versions of {server}/{tool} match {prefix}; give more digits"),
-            }
-        }
-        None => entry.waiting().into_iter().next().ok_or_else(|| {
-            anyhow!("{server}/{tool} has no version waiting for approval (see `portcullis catalog list`)")
-        })?,
-    };
-    pins::approve(store, server, tool, &chosen.hash, by).await?;
+    let approved = catalog::approve(store, server, tool, hash, by).await?;
     println!(
         "approved {server}/{tool} sha256:{} by {by}{}",
-        short(&chosen.hash),
-        entry
-            .pin
-            .as_ref()
-            .map(|p| format!(" (was sha256:{})", short(&p.hash)))
+        short(&approved.hash),
+        approved
+            .previous
+            .map(|p| format!(" (was sha256:{})", short(&p)))
             .unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)

@@ -133,6 +133,7 @@ async fn kill_9_under_load_loses_no_record_of_an_answered_call() {
     let port = free_port();
     let config = write_config(&dir.0, port, &upstream.url);
     let base = format!("http://127.0.0.1:{port}");
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

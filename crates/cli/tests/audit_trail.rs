@@ -488,3 +488,63 @@ async fn metrics_count_calls_denials_and_audit_appends() {
     }
     gw.stop().await;
 }
+
+/// The same durability and fail-closed behaviour on PostgreSQL (the shared store of several
+/// replicas): records land in the chain, and once the audit table is gone the call fails closed
+/// without reaching the upstream.
+#[tokio::test]
+async fn postgres_store_records_calls_and_fails_closed_when_its_table_is_dropped() {
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
+        .await
+        .expect("PostgreSQL at 127.0.0.1:5432 (db test) is needed for this test");
+    let schema = format!(
+        "audit_gw_{}_{}",
+        std::process::id(),
+        portcullis_audit::store::now_us() % 1_000_000_000
+    );
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let url =
+        format!("postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}");
+    let dir = TempDir::new("audit-pg");
+    let upstream = audit_upstream::start().await;
+    let yaml = format!(
+        "storage: \"{url}\"\naudit:\n  chain_id: pg-chain\n  signing_key_file: \"{}\"\n",
+        write_key(&dir.0).display()
+    );
+    let gw = gateway_with_servers(&[("rec", format!("{{ url: {} }}", upstream.url))], &yaml).await;
+    let answer = modern(&gw, "/mcp", ALICE, 1, "tools/call", echo("pg")).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let store = AuditStore::open_existing(&url).await.unwrap();
+    let rows: Vec<AuditRecord> = store
+        .read_page("pg-chain", 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    store.close().await;
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    assert_eq!(rows[0].event.tool.as_deref(), Some("rec__echo"));
+    assert_eq!(rows[1].event.outcome, Some(Outcome::Ok));
+
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP TABLE \"{schema}\".audit_records"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let answer = modern(&gw, "/mcp", ALICE, 2, "tools/call", echo("pg-down")).await;
+    assert_eq!(answer.last()["error"]["code"], -31020, "{answer:?}");
+    assert_eq!(upstream.count(), 1, "the upstream was not called");
+    gw.stop().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+}

@@ -762,3 +762,54 @@ async fn unreachable_issuer_fails_closed_with_503() {
     assert!(answer.header("retry-after").is_some());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn server_bound_token_works_on_that_servers_legacy_sse_connection() {
+    use futures::StreamExt as _;
+    let provider = Provider::start().await;
+    let gw = gateway_for(&provider, "").await;
+    let demo_only = provider
+        .token("support-bot", &format!("{}/demo", mcp(&gw)), "mcp:tools")
+        .await;
+    let stream = reqwest::Client::new()
+        .get(format!("{}/mcp/demo/sse", gw.base))
+        .header("accept", "text/event-stream")
+        .bearer_auth(&demo_only)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    // The first event names the POST endpoint.
+    let mut body = stream.bytes_stream();
+    let mut text = String::new();
+    let endpoint = tokio::time::timeout(PEER_WAIT, async {
+        loop {
+            text.push_str(&String::from_utf8_lossy(
+                &body.next().await.unwrap().unwrap(),
+            ));
+            if let Some(line) = text.lines().find_map(|l| l.strip_prefix("data:")) {
+                if text.contains("\n\n") {
+                    return line.trim().to_owned();
+                }
+            }
+        }
+    })
+    .await
+    .expect("endpoint event");
+    let initialize = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2024-11-05","capabilities":{},"clientInfo":{"name":"t","version":"0"}}});
+    let post = |token: String| {
+        gw.http
+            .post(format!("{}{endpoint}", gw.base))
+            .header("content-type", "application/json")
+            .bearer_auth(token)
+            .body(initialize.to_string())
+            .send()
+    };
+    assert_eq!(post(demo_only.clone()).await.unwrap().status(), 202);
+    // A token for another server's resource is still refused on this connection.
+    let fx_only = provider
+        .token("support-bot", &format!("{}/fx", mcp(&gw)), "mcp:tools")
+        .await;
+    assert_eq!(post(fx_only).await.unwrap().status(), 401);
+    gw.stop().await;
+}

@@ -319,6 +319,92 @@ async fn rug_pull_blocks_the_changed_tool_until_catalog_approve() {
 }
 
 #[tokio::test]
+async fn rug_pull_released_through_the_admin_api() {
+    const APPROVER: &str = "catalog-approver-token";
+    const VIEWER: &str = "catalog-viewer-token";
+    let (url, _rug) = fixture(FixtureOptions {
+        rug_pull_after: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let yaml = format!(
+        "admin:\n  tokens:\n    - {{ name: reviewer, sha256: \"{}\", role: approver }}\n    - {{ name: watcher, sha256: \"{}\", role: viewer }}\n",
+        portcullis_gateway::auth::key_digest_hex(APPROVER),
+        portcullis_gateway::auth::key_digest_hex(VIEWER),
+    );
+    let gw = gateway_with_servers(&[("rug", server(&url))], &yaml).await;
+    let admin = |token: &'static str, method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut request = gw
+            .http
+            .request(method, format!("{}/admin/api/v1{path}", gw.base))
+            .bearer_auth(token);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    list_tools(&gw, "/mcp", 1).await;
+    assert!(
+        !list_tools(&gw, "/mcp", 2)
+            .await
+            .contains(&"rug__translate".to_owned())
+    );
+
+    // The definition record is written in the background: wait until the catalog shows it.
+    let waiting = poll(Duration::from_secs(10), || async {
+        let (status, body) = admin(VIEWER, reqwest::Method::GET, "/catalog", None).await;
+        assert_eq!(status, 200, "{body}");
+        body["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["server"] == "rug" && t["tool"] == "translate" && t["state"] == "changed")
+            .cloned()
+    })
+    .await
+    .expect("the changed tool is listed");
+    let seen = waiting["waiting"][0]["sha256"].as_str().unwrap().to_owned();
+
+    let body = json!({"server": "rug", "tool": "translate"});
+    let (status, _) = admin(
+        VIEWER,
+        reqwest::Method::POST,
+        "/catalog/approve",
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 403, "a viewer cannot approve");
+    let (status, answer) = admin(
+        APPROVER,
+        reqwest::Method::POST,
+        "/catalog/approve",
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["sha256"], seen.as_str());
+    assert_eq!(answer["by"], "admin:reviewer");
+    // Effective at once on this replica.
+    let ok = call(&gw, "/mcp", 3, "rug__translate", json!({"text": "hi"})).await;
+    assert_eq!(first_text(&ok), "[fr] hi", "{ok:?}");
+    let (status, _) = admin(
+        APPROVER,
+        reqwest::Method::POST,
+        "/catalog/approve",
+        Some(json!({"server": "rug", "tool": "nope"})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn catalog_pin_refuses_poisoned_tools_and_pins_the_rest() {
     let (url, _bad) = fixture(FixtureOptions {
         poisoned: true,

@@ -229,6 +229,25 @@ mod tests {
         assert!(!options.self_approval);
         assert_eq!(config.policy.approval("plain").unwrap().approvers, 1);
         assert_eq!(config.approvals, ApprovalsConfig::default());
+        assert!(
+            !config
+                .warnings()
+                .iter()
+                .any(|w| w.contains("self_approval")),
+            "{:?}",
+            config.warnings()
+        );
+        let asks_self =
+            "rules:\n  - { id: mine, approve: { tools: [a__b], self_approval: true } }\n";
+        let config = crate::from_yaml(asks_self, "test").unwrap();
+        assert!(
+            config
+                .warnings()
+                .iter()
+                .any(|w| w.starts_with("rules[0].approve.self_approval:")),
+            "{:?}",
+            config.warnings()
+        );
 
         let bad = "rules:\n  - { id: a, approve: { timeout: soon, approvers: 0 } }\n  - { id: b, deny: { role: admin } }\n";
         let errors = crate::from_yaml(bad, "test").unwrap_err();

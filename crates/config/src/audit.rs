@@ -237,12 +237,8 @@ pub(crate) fn compile(
             }
         },
     );
-    if enabled && signing_key.is_none() {
-        warnings.push(format!(
-            "audit: no signing key (audit.signing_key_file or {ENV_AUDIT_KEY}): checkpoints are \
-             not signed, so `audit verify` cannot detect a truncated trail"
-        ));
-    }
+    // Running without a signing key is allowed (verify then cannot detect truncation); the
+    // gateway says so in its log at start rather than in every `check` of every config.
 
     let path = "audit.fingerprint_key_file";
     let fingerprint_key = key_text(
@@ -312,6 +308,17 @@ pub(crate) fn compile(
             interval,
         }
     });
+
+    if enabled && retention.is_some() && signing_key.is_none() {
+        push(
+            errors,
+            "audit.retention",
+            format!(
+                "needs a signing key (audit.signing_key_file or {ENV_AUDIT_KEY}): deleted records \
+                 must be covered by a signed tombstone, never a silent gap"
+            ),
+        );
+    }
 
     let on_failure = match raw.on_failure.as_deref() {
         None | Some("fail_closed") => OnAuditFailure::FailClosed,
@@ -452,12 +459,7 @@ mod tests {
         assert_eq!(config.audit.sync, AuditSync::Full);
         assert!(config.audit.await_outcome);
         assert!(config.audit.signing_key.is_none());
-        assert!(
-            config
-                .warnings()
-                .iter()
-                .any(|w| w.contains("no signing key"))
-        );
+        assert!(config.warnings().iter().all(|w| !w.contains("audit")));
     }
 
     #[test]
@@ -507,6 +509,17 @@ mod tests {
             );
         }
         assert!(errors.iter().any(|e| e.contains("never forwarded")));
+    }
+
+    #[test]
+    fn retention_without_a_signing_key_is_refused() {
+        let errors = errors_of("audit:\n  retention: { days: 30 }\n");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("audit.retention:") && e.contains("silent gap")),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -418,6 +418,12 @@ impl Cx<'_> {
                 None
             }
         };
+        if m.self_approval == Some(true) {
+            self.warnings.push(format!(
+                "rules[{i}].{key}.self_approval: end-user self-approval (MCP elicitation) is not \
+                 available in this build; held calls wait for reviewers"
+            ));
+        }
         let any = timeout.is_some()
             || m.approvers.is_some()
             || m.role.is_some()

@@ -1114,9 +1114,10 @@ mod tests {
             "{errors:?}"
         );
         assert!(
-            errors.iter().any(|m| m.starts_with(
-                "audit.sinks[3].secret_file: cannot read /nonexistent/secret"
-            )),
+            errors
+                .iter()
+                .any(|m| m
+                    .starts_with("audit.sinks[3].secret_file: cannot read /nonexistent/secret")),
             "{errors:?}"
         );
         let config = crate::Loader::with_vars([("T", "0123456789abcdef")])

@@ -119,7 +119,7 @@ fn rules_compile_and_errors_name_their_path() {
     assert_eq!(config.policy.len(), 5);
     check(
         "rules: [{ id: a, allow: { agent: [x] } }]",
-        "rules[0].allow.agent: unknown field, expected one of `agents`, `users`, `roles`, `servers`, `tools`, `methods`, `annotations`, `hours`, `days`, `when` (line 1, column 27)",
+        "rules[0].allow.agent: unknown field, expected one of `agents`, `users`, `roles`, `servers`, `tools`, `methods`, `annotations`, `hours`, `days`, `when`, `timeout`, `approvers`, `role`, `self_approval` (line 1, column 27)",
     );
     check(
         "rules: [{ id: a, permit: {} }]",
@@ -182,7 +182,6 @@ fn design_example_compiles_with_warnings_for_unenforced_sections() {
         &yaml,
         "
         ok
-        warning: `audit` is accepted but not enforced by this build
         ",
     )
     .expect("compiles");
@@ -262,7 +261,7 @@ fn empty_file_is_all_defaults() {
 fn unknown_keys_at_every_depth() {
     check(
         "lisen: 127.0.0.1:1",
-        "lisen: unknown field, expected one of `listen`, `public_url`, `storage`, `allowed_origins`, `limits`, `servers`, `auth`, `rules`, `scanners`, `audit` (line 1, column 1)",
+        "lisen: unknown field, expected one of `listen`, `public_url`, `storage`, `allowed_origins`, `limits`, `servers`, `auth`, `rules`, `scanners`, `audit`, `admin`, `approvals` (line 1, column 1)",
     );
     check(
         "
@@ -277,7 +276,7 @@ fn unknown_keys_at_every_depth() {
         limits:
           max_body: 1
         ",
-        "limits.max_body: unknown field, expected one of `max_body_bytes`, `max_json_depth`, `max_header_bytes`, `max_sessions`, `max_streams_per_session`, `request_timeout`, `session_idle_timeout`, `max_batch` (line 2, column 3)",
+        "limits.max_body: unknown field, expected one of `max_body_bytes`, `max_json_depth`, `max_header_bytes`, `max_sessions`, `max_streams_per_session`, `request_timeout`, `session_idle_timeout`, `max_batch`, `rate` (line 2, column 3)",
     );
     check(
         "
@@ -676,7 +675,6 @@ fn secrets_print_as_stars_in_debug() {
         ),
         "
         ok
-        warning: `audit` is accepted but not enforced by this build
         ",
     )
     .expect("compiles");
@@ -686,7 +684,8 @@ fn secrets_print_as_stars_in_debug() {
     }
     assert!(debug.contains("Bearer(***)"), "{debug}");
     assert!(!debug.contains("sink-token"), "{debug}");
-    assert!(debug.contains("extensions: [\"audit\"]"), "{debug}");
+    // `audit` is a typed section now (its sinks print as a count), not an opaque extension.
+    assert!(debug.contains("extensions: []"), "{debug}");
     assert!(debug.contains("\"X-Api-Key\": ***"), "{debug}");
     assert!(
         debug.contains("postgres://portcullis:***@db.internal/portcullis"),

@@ -55,6 +55,7 @@ pub async fn start_on(
         .map_err(|error| anyhow::anyhow!("cannot load kill switches and task tokens: {error}"))?;
     let control = Arc::new(control);
     let gateway = Gateway::new(config, store, audit, control.clone());
+    crate::proxy::control::register_metrics(&gateway);
     crate::scanning::start(&gateway).await?; // tool pins loaded before the first list
     crate::approval::start(&gateway).await?; // held calls of a previous process abandoned
     let export = crate::export::start(&gateway).await?; // audit.sinks, fed from the audit table

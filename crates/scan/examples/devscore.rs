@@ -8,6 +8,9 @@ use serde_json::{Value, json};
 
 fn main() {
     let scanner = Scanner::new().expect("scanner compiles");
+    // `DEVSCORE_SCANNER=injection` scores every row with the result (injection) scanner, as an
+    // over-defence check on ordinary text of other kinds.
+    let force_injection = std::env::var("DEVSCORE_SCANNER").is_ok_and(|v| v == "injection");
     for path in std::env::args().skip(1) {
         let text = std::fs::read_to_string(&path).expect("readable file");
         let name = path.rsplit('/').next().unwrap_or(&path).to_string();
@@ -17,13 +20,18 @@ fn main() {
             let row: Value = serde_json::from_str(line).expect("json row");
             let t = row["text"].as_str().unwrap_or("");
             let kind = row["kind"].as_str().unwrap_or("");
-            let findings = if pii {
+            let findings = if force_injection {
+                scanner.injection(t)
+            } else if pii {
                 scanner.pii(t)
             } else if secret {
                 scanner.secrets(t)
             } else if kind == "tool_description" {
                 match row["meta"].get("tool").filter(|v| v.is_object()) {
-                    Some(tool) => scan_tool(&scanner, tool).into_iter().map(|p| p.finding).collect(),
+                    Some(tool) => scan_tool(&scanner, tool)
+                        .into_iter()
+                        .map(|p| p.finding)
+                        .collect(),
                     None => scanner.poisoning(t),
                 }
             } else {

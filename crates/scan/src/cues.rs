@@ -141,13 +141,9 @@ impl CueSet {
         cues: &'static [Cue],
         owner: Owner,
     ) -> impl Iterator<Item = (Owner, u16, &'static [&'static str])> {
-        cues.iter().enumerate().map(move |(i, c)| {
-            (
-                owner,
-                u16::try_from(i).unwrap_or(u16::MAX),
-                c.anchors,
-            )
-        })
+        cues.iter()
+            .enumerate()
+            .map(move |(i, c)| (owner, u16::try_from(i).unwrap_or(u16::MAX), c.anchors))
     }
 
     /// Normalize `text` and find this set's anchors with its own lexicon.
@@ -155,7 +151,8 @@ impl CueSet {
         let mut lower = Vec::new();
         prefilter::normalize_into(text, &mut lower);
         let mut hits = Vec::new();
-        self.lexicon.find(text.as_bytes(), &lower, |_| true, &mut hits);
+        self.lexicon
+            .find(text.as_bytes(), &lower, |_| true, &mut hits);
         (lower, hits)
     }
 
@@ -304,7 +301,9 @@ fn outside_sentence(lower: &[u8], s: usize, e: usize) -> usize {
     let ends_sentence = |i: usize| {
         lower[i] == b'\n'
             || (matches!(lower[i], b'.' | b'!' | b'?')
-                && lower.get(i + 1).is_none_or(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')))
+                && lower
+                    .get(i + 1)
+                    .is_none_or(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n')))
     };
     let mut a = s;
     while a > 0 && !ends_sentence(a - 1) {

@@ -19,7 +19,21 @@ const CUES: &[Cue] = &[
     cue(
         "injection.override",
         4,
-        &["ignore", "disregard", "forget", "skip", "skipping", "override", "bypass", "discard", "neglect", "abandon", "drop", "dropping", "attention"],
+        &[
+            "ignore",
+            "disregard",
+            "forget",
+            "skip",
+            "skipping",
+            "override",
+            "bypass",
+            "discard",
+            "neglect",
+            "abandon",
+            "drop",
+            "dropping",
+            "attention",
+        ],
         r"\b(ignore|ignoring|disregard|forget|skip|override|bypass|discard|neglect|abandon|drop)\s+(all\s+|any\s+|every\s+)?(of\s+)?(the\s+|your\s+|my\s+|these\s+|those\s+|its\s+)?(previous|prior|above|earlier|preceding|original|initial|existing|old|system|current|former)\s+(\w+\s+)?(\w*struct\w*|prompts?|rules|directions|guidelines|tasks?|context|commands?|orders|messages?|requests?|guidance)|\bpay\s+no\s+attention\s+to\s+(the\s+|your\s+|any\s+)?(previous|prior|above|earlier)",
     ),
     // Impersonated containers and turns.
@@ -38,26 +52,72 @@ const CUES: &[Cue] = &[
     cue(
         "injection.follow-new",
         4,
-        &["adhere", "follow", "obey", "comply$", "instruction", "directive$", "directives$", "task", "goal", "objective", "job", "mission"],
+        &[
+            "adhere",
+            "follow",
+            "obey",
+            "comply$",
+            "instruction",
+            "directive$",
+            "directives$",
+            "task",
+            "goal",
+            "objective",
+            "job",
+            "mission",
+        ],
         r"\b((strictly\s+)?(adhere|follow|obey|comply)\s+(to\s+|with\s+)?(the\s+)?(following|new|below|these|my)\s+(\w+\s+)?(instructions?|directions?|directives?|orders?|commands?|steps)|new\s+(instructions?|directives?|task|orders?)\s*:|your\s+(new|real|actual|true)\s+(task|instructions?|goal|objective|job|mission)\b)",
     ),
     // Addressing the model.
     cue(
         "injection.address-model",
         3,
-        &["gpt", "chatgpt", "claude", "llama", "gemini", "mistral", "ai", "assistant", "llm", "agent", "bot", "copilot"],
+        &[
+            "gpt",
+            "chatgpt",
+            "claude",
+            "llama",
+            "gemini",
+            "mistral",
+            "ai",
+            "assistant",
+            "llm",
+            "agent",
+            "bot",
+            "copilot",
+        ],
         r"\b(to\s+you|dear|hey|hi|hello|attention|note\s+to|message\s+for|reminder\s+for)\s*,?\s+(the\s+)?(gpt(-?\d+\w*)?|chatgpt|claude|llama|gemini|mistral|ai|assistant|llm|language\s+model|agent|bot|copilot|model)\b",
     ),
     cue(
         "injection.model-name",
         1,
-        &["gpt", "chatgpt", "claude", "llama", "gemini", "assistant", "agent", "language", "llm"],
+        &[
+            "gpt",
+            "chatgpt",
+            "claude",
+            "llama",
+            "gemini",
+            "assistant",
+            "agent",
+            "language",
+            "llm",
+        ],
         r"\b(gpt-?\d\w*|chatgpt|claude|llama-?\d*|gemini|ai\s+assistant|ai\s+agent|language\s+model|llm)\b",
     ),
     cue(
         "injection.as-an-ai",
         3,
-        &["ai", "assistant", "language", "chatbot", "jailbroken", "developer", "unrestricted", "unfiltered", "dan"],
+        &[
+            "ai",
+            "assistant",
+            "language",
+            "chatbot",
+            "jailbroken",
+            "developer",
+            "unrestricted",
+            "unfiltered",
+            "dan",
+        ],
         r"\b(as\s+an?\s+(ai|assistant|language\s+model)|you\s+are\s+(now\s+)?(an?\s+)?(ai|assistant|chatbot|dan|jailbroken|in\s+developer\s+mode|unrestricted|unfiltered))\b",
     ),
     // Inserting a task before or instead of the real one.
@@ -89,7 +149,10 @@ const CUES: &[Cue] = &[
     cue(
         "injection.action-exfil",
         2,
-        &["@", "http", "https", "www", "send", "transfer", "wire", "pay"],
+        &[
+            "send", "email", "forward", "transfer", "wire", "post", "share", "upload", "invite",
+            "pay", "leak", "export", "visit", "open", "click", "download",
+        ],
         r"\b(send|email|e-mail|forward|transfer|wire|post|share|upload|invite|pay|leak|export|visit|open|click|download)\b([^.\n]|\.\S){0,120}?(\bto\s+(the\s+)?(\w+\s+){0,3}['`]?[A-Z]{2}\d{2}[A-Z0-9]{10,}|[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+\.[A-Za-z.]{2,}|(https?://|\bwww\.)[^\s'`]+)",
     ),
     cue(
@@ -100,14 +163,108 @@ const CUES: &[Cue] = &[
     ),
     cue(
         "injection.call-named-tool",
-        2,
+        1,
         &["call", "invoke", "run", "use"],
         r"\b(please|you\s+must|first)\s+(call|invoke|run|use)\s+(the\s+)?[`']?[a-z][a-z0-9]*(_[a-z0-9]+)+[`']?\s+(tool\s+|function\s+)?(with|first|before|to\s+(proceed|continue|authenticate))",
     ),
     cue(
         "injection.imperative-start",
         1,
-        &["send", "email", "forward", "transfer", "wire", "post", "upload", "share", "delete", "remove", "invite", "visit", "click", "download", "install", "execute", "change", "reset", "modify", "grant", "concatenate", "export", "reveal", "print", "say", "use", "add", "include", "provide", "write", "explain", "translate", "describe", "draft", "develop", "compose", "summarize", "give", "tell", "answer", "respond", "reply", "rearrange", "replace", "substitute", "misspell", "introduce", "integrate", "enhance", "augment", "combine", "group", "scramble", "jumble", "anagram", "reverse", "capitalize", "capitalise", "spell", "repeat", "mention", "recommend", "suggest", "promote", "insert", "append", "prepend", "shuffle", "encode", "convert", "format", "end", "begin", "start", "break", "call", "invoke", "run", "open", "create", "tease", "highlight", "emphasize", "emphasise", "stress", "claim", "pretend", "state", "insist", "urge", "remind", "ask", "please"],
+        &[
+            "send",
+            "email",
+            "forward",
+            "transfer",
+            "wire",
+            "post",
+            "upload",
+            "share",
+            "delete",
+            "remove",
+            "invite",
+            "visit",
+            "click",
+            "download",
+            "install",
+            "execute",
+            "change",
+            "reset",
+            "modify",
+            "grant",
+            "concatenate",
+            "export",
+            "reveal",
+            "print",
+            "say",
+            "use",
+            "add",
+            "include",
+            "provide",
+            "write",
+            "explain",
+            "translate",
+            "describe",
+            "draft",
+            "develop",
+            "compose",
+            "summarize",
+            "give",
+            "tell",
+            "answer",
+            "respond",
+            "reply",
+            "rearrange",
+            "replace",
+            "substitute",
+            "misspell",
+            "introduce",
+            "integrate",
+            "enhance",
+            "augment",
+            "combine",
+            "group",
+            "scramble",
+            "jumble",
+            "anagram",
+            "reverse",
+            "capitalize",
+            "capitalise",
+            "spell",
+            "repeat",
+            "mention",
+            "recommend",
+            "suggest",
+            "promote",
+            "insert",
+            "append",
+            "prepend",
+            "shuffle",
+            "encode",
+            "convert",
+            "format",
+            "end",
+            "begin",
+            "start",
+            "break",
+            "call",
+            "invoke",
+            "run",
+            "open",
+            "create",
+            "tease",
+            "highlight",
+            "emphasize",
+            "emphasise",
+            "stress",
+            "claim",
+            "pretend",
+            "state",
+            "insist",
+            "urge",
+            "remind",
+            "ask",
+            "please",
+        ],
         r"(^|[.!?:]\s+|\n\s*|\bplease\s+|\b(in|within)\s+your\s+(response|reply|answer|output)\s*,\s*)(please\s+)?(send|email|forward|transfer|wire|post|upload|share|delete|remove|invite|visit|click|download|install|execute|change|reset|modify|grant|concatenate|export|reveal|print|say|use|add|include|provide|write|explain|translate|describe|draft|develop|compose|summarize|give|tell|answer|respond|reply|rearrange|replace|substitute|misspell|introduce|integrate|enhance|augment|combine|group|scramble|jumble|anagram|reverse|capitali[sz]e|spell|repeat|mention|recommend|suggest|promote|insert|append|prepend|shuffle|encode|convert|format|end|begin|start|break\s+down|call|invoke|run|open|create|tease|highlight|emphasi[sz]e|stress|claim|pretend|state|insist|urge|remind|ask)\b",
     ),
     cue(
@@ -132,7 +289,9 @@ const CUES: &[Cue] = &[
     embedded_cue(
         "injection.generative-task",
         3,
-        &["write", "compose", "draft", "develop", "create", "generate", "produce", "provide"],
+        &[
+            "write", "compose", "draft", "develop", "create", "generate", "produce", "provide",
+        ],
         r"(^|[.!?:]\s+|\n\s*)(please\s+)?(write|compose|draft|develop|create|generate|produce|provide)\s+(me\s+)?(a|an)\s+(\w+\s+){0,2}(story|poem|essay|speech|song|introduction|summary|article|letter|haiku|joke|script|blog\s+post|example|tweet)\b",
     ),
     cue(
@@ -144,7 +303,16 @@ const CUES: &[Cue] = &[
     cue(
         "injection.sensitive-path",
         2,
-        &["ssh", "id_rsa", "aws", "passwd$", "shadow", "credentials", "mcp", "env"],
+        &[
+            "ssh",
+            "id_rsa",
+            "aws",
+            "passwd$",
+            "shadow",
+            "credentials",
+            "mcp",
+            "env",
+        ],
         r"(~/\.ssh|\bid_rsa\b|\.ssh/|\.aws/credentials|/etc/passwd|/etc/shadow|\.git-credentials|\bmcp\.json\b|(^|[\s'`/])\.env\b)",
     ),
     cue(
@@ -195,7 +363,8 @@ impl InjectionDetector {
         let mut lower = Vec::new();
         prefilter::normalize_into(text, &mut lower);
         let mut hits = Vec::new();
-        self.lexicon.find(text.as_bytes(), &lower, |_| true, &mut hits);
+        self.lexicon
+            .find(text.as_bytes(), &lower, |_| true, &mut hits);
         self.scan_prepared(text, &lower, &hits)
     }
 
@@ -233,11 +402,9 @@ impl InjectionDetector {
         let mut lower = Vec::new();
         prefilter::normalize_into(text, &mut lower);
         let mut hits = Vec::new();
-        self.lexicon.find(text.as_bytes(), &lower, |_| true, &mut hits);
-        let hijack_starts = hits
-            .iter()
-            .filter(|h| h.item == HIJACK_ITEM)
-            .map(|h| h.pos);
+        self.lexicon
+            .find(text.as_bytes(), &lower, |_| true, &mut hits);
+        let hijack_starts = hits.iter().filter(|h| h.item == HIJACK_ITEM).map(|h| h.pos);
         let extra = hijack::out_of_place_request(&lower, hijack_starts).map_or(0, |r| r.2);
         self.cues.score(text) + extra
     }

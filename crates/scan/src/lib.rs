@@ -210,11 +210,7 @@ thread_local! {
 
 /// Run `f` on `text` prepared with `lexicon`, in this thread's reusable buffers (fresh ones
 /// if they are already in use further up the stack).
-fn with_prepared<R>(
-    text: &str,
-    lexicon: &prefilter::Lexicon,
-    f: impl FnOnce(&Prepared) -> R,
-) -> R {
+fn with_prepared<R>(text: &str, lexicon: &prefilter::Lexicon, f: impl FnOnce(&Prepared) -> R) -> R {
     let fill = |p: &mut Prepared| {
         prefilter::normalize_into(text, &mut p.lower);
         p.hits.clear();

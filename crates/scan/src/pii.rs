@@ -72,7 +72,8 @@ impl PiiDetector {
         let mut lower = Vec::new();
         prefilter::normalize_into(text, &mut lower);
         let mut hits = Vec::new();
-        self.lexicon.find(text.as_bytes(), &lower, |_| true, &mut hits);
+        self.lexicon
+            .find(text.as_bytes(), &lower, |_| true, &mut hits);
         self.scan_prepared(text, &hits)
     }
 
@@ -117,20 +118,27 @@ impl PiiDetector {
                 }
             }
         }
-        self.numeric_runs(text, &mut out);
+        let mut iban_candidates = [0usize; 8];
+        let mut iban_count = 0;
+        self.numeric_runs(text, &mut out, &mut |c| {
+            if let Some(slot) = iban_candidates.get_mut(iban_count) {
+                *slot = c;
+            }
+            iban_count += 1;
+        });
         let mut iban_done = 0;
-        for c in iban_starts(bytes) {
+        let mut try_iban = |c: usize, out: &mut Vec<Finding>| {
             if c < iban_done {
-                continue;
+                return;
             }
             let Some(m) = self.iban_at.find(&bytes[c..]) else {
-                continue;
+                return;
             };
             let (ms, me) = (c + m.start(), c + m.end());
             iban_done = me;
             if iban_valid(&bytes[ms..me]) {
                 push(
-                    &mut out,
+                    out,
                     text,
                     Category::Iban,
                     "pii.iban",
@@ -138,6 +146,16 @@ impl PiiDetector {
                     ms,
                     me,
                 );
+            }
+        };
+        if iban_count > iban_candidates.len() {
+            // More candidates than the buffer holds: find them all again.
+            for c in iban_starts(bytes) {
+                try_iban(c, &mut out);
+            }
+        } else {
+            for &c in &iban_candidates[..iban_count] {
+                try_iban(c, &mut out);
             }
         }
         let mut ipv6_done = 0;
@@ -207,7 +225,7 @@ impl PiiDetector {
     /// The matches of `numeric`, classified, exactly as `find_iter` over the whole text would
     /// give them, but the regex only runs inside stretches of number characters (every match
     /// lies within one) that hold enough digits for `classify_numeric` to keep anything.
-    fn numeric_runs(&self, text: &str, out: &mut Vec<Finding>) {
+    fn numeric_runs(&self, text: &str, out: &mut Vec<Finding>, iban: &mut impl FnMut(usize)) {
         let bytes = text.as_bytes();
         let n = bytes.len();
         let mut i = 0;
@@ -228,7 +246,21 @@ impl PiiDetector {
             }
             let mut e = i;
             while e < n && number_char(bytes[e]) {
-                digits += usize::from(bytes[e].is_ascii_digit());
+                let digit = bytes[e].is_ascii_digit();
+                // A digit run opening after two letters that follow a non-word byte may
+                // start an IBAN (`DE89 3704…`).
+                if digit
+                    && e >= 2
+                    && !bytes[e - 1].is_ascii_digit()
+                    && e + 1 < n
+                    && bytes[e + 1].is_ascii_digit()
+                    && bytes[e - 1].is_ascii_alphabetic()
+                    && bytes[e - 2].is_ascii_alphabetic()
+                    && (e == 2 || !(bytes[e - 3].is_ascii_alphanumeric() || bytes[e - 3] == b'_'))
+                {
+                    iban(e - 2);
+                }
+                digits += usize::from(digit);
                 dots += usize::from(bytes[e] == b'.');
                 e += 1;
             }

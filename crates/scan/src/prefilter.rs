@@ -48,7 +48,11 @@ const WORD: [bool; 256] = {
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        t[b] = c.is_ascii_lowercase() || c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_' || c >= 0x80;
+        t[b] = c.is_ascii_lowercase()
+            || c.is_ascii_uppercase()
+            || c.is_ascii_digit()
+            || c == b'_'
+            || c >= 0x80;
         b += 1;
     }
     t
@@ -187,8 +191,9 @@ pub(crate) struct Lexicon {
     /// Open-addressing table: `(key, targets index)`, `key == 0` is empty.
     table: Vec<(u64, u32)>,
     shift: u32,
-    /// Bit set of the first two bytes of every key: most words fail this one test.
-    first_two: Vec<u64>,
+    /// Bloom filter over the first three bytes of every key (two for a two-byte word): most
+    /// words fail this one test and cost no table probe.
+    first_three: Vec<u64>,
     /// Literals without a usable word, searched as bytes.
     symbols: Vec<(Vec<u8>, u32)>,
     /// The distinct first bytes of the symbols, in groups of up to three for `memchr3`.
@@ -259,7 +264,10 @@ impl Lexicon {
                 }
             }
         }
-        let bits = (keys.len() * 4).next_power_of_two().max(16).trailing_zeros();
+        let bits = (keys.len() * 4)
+            .next_power_of_two()
+            .max(16)
+            .trailing_zeros();
         let mut table = vec![(0u64, 0u32); 1 << bits];
         let shift = 64 - bits;
         for (i, &k) in keys.iter().enumerate() {
@@ -269,10 +277,10 @@ impl Lexicon {
             }
             table[slot] = (k, u32::try_from(i).map_err(|_| ScanError::Gate)?);
         }
-        let mut first_two = vec![0u64; 1024];
+        let mut first_three = vec![0u64; BLOOM_BITS / 64];
         for &k in &keys {
-            let pair = (k & 0xFFFF) as usize;
-            first_two[pair >> 6] |= 1 << (pair & 63);
+            let b = bloom_bit((k & 0xFF_FFFF) as u32);
+            first_three[b >> 6] |= 1 << (b & 63);
         }
         let base = key_targets.len();
         let symbols = symbols
@@ -291,7 +299,7 @@ impl Lexicon {
         targets.extend(symbol_targets);
         Ok(Lexicon {
             table,
-            first_two,
+            first_three,
             shift,
             symbols,
             symbol_starts,
@@ -432,7 +440,7 @@ impl Lexicon {
         (under, humps): (bool, bool),
         hit: &mut impl FnMut(usize, u32, bool),
     ) {
-        if self.starts_a_key(lower, s) {
+        if self.starts_a_key(lower, s, len) {
             self.probe(lower, s, len, &mut |p, t| hit(p, t, false));
             for (n, min) in [(4, LONG_TOKEN4), (3, LONG_TOKEN3)] {
                 if len >= min
@@ -455,7 +463,7 @@ impl Lexicon {
                 || (humps && orig[i].is_ascii_uppercase() && orig[i - 1].is_ascii_lowercase());
             if boundary {
                 let p = if word[part] == b'_' { part + 1 } else { part };
-                if i > p + 1 && (p, i) != (0, len) && self.starts_a_key(lower, s + p) {
+                if i > p + 1 && (p, i) != (0, len) && self.starts_a_key(lower, s + p, i - p) {
                     self.probe(lower, s + p, i - p, &mut |q, t| hit(q, t, true));
                 }
                 part = i;
@@ -463,11 +471,11 @@ impl Lexicon {
         }
     }
 
-    /// Whether some key starts with the two bytes at `s` (most words fail this one test).
+    /// Whether some key may start like the word at `s` (of `len` ≥ 2 bytes).
     #[inline(always)]
-    fn starts_a_key(&self, lower: &[u8], s: usize) -> bool {
-        let pair = usize::from(lower[s]) | (usize::from(lower[s + 1]) << 8);
-        self.first_two[pair >> 6] & (1 << (pair & 63)) != 0
+    fn starts_a_key(&self, lower: &[u8], s: usize, len: usize) -> bool {
+        let b = bloom_bit(load(lower, s, len.min(3)) as u32);
+        self.first_three[b >> 6] & (1 << (b & 63)) != 0
     }
 
     /// Exact and prefix keys of one word.
@@ -486,6 +494,14 @@ impl Lexicon {
     pub fn len(&self) -> usize {
         self.targets.len()
     }
+}
+
+/// Bits of the first-bytes Bloom filter.
+const BLOOM_BITS: usize = 8192;
+
+#[inline(always)]
+fn bloom_bit(first3: u32) -> usize {
+    (first3.wrapping_mul(0x9E37_79B1) >> (32 - BLOOM_BITS.trailing_zeros())) as usize
 }
 
 #[inline(always)]
@@ -515,11 +531,7 @@ pub(crate) fn normalize_into(text: &str, buf: &mut Vec<u8>) {
 /// A window of `text` around an anchor at `pos`: `before` bytes back and `after` bytes on,
 /// clamped and widened to char boundaries.
 pub(crate) fn window(text: &str, pos: usize, before: usize, after: usize) -> (usize, usize) {
-    crate::char_span(
-        text,
-        pos.saturating_sub(before),
-        pos.saturating_add(after),
-    )
+    crate::char_span(text, pos.saturating_sub(before), pos.saturating_add(after))
 }
 
 #[cfg(test)]
@@ -545,17 +557,33 @@ mod tests {
         .unwrap();
         assert_eq!(lex.len(), 2);
         let mut hits = Vec::new();
-        lex.find(b"please ignore it", b"please ignore it", |_| true, &mut hits);
+        lex.find(
+            b"please ignore it",
+            b"please ignore it",
+            |_| true,
+            &mut hits,
+        );
         assert_eq!(hits.len(), 2);
         assert!(hits.iter().all(|h| h.pos == 7));
         // A key is a word prefix (or a whole short word), symbols are bytes.
-        let words = Lexicon::new([(Owner::Pii, 1, &["~/.ssh", "ignore", "://", "hi "][..])]).unwrap();
+        let words =
+            Lexicon::new([(Owner::Pii, 1, &["~/.ssh", "ignore", "://", "hi "][..])]).unwrap();
         let mut found = Vec::new();
-        words.find(b"hi, ignored ssh://x this ~/.ssh", b"hi, ignored ssh://x this ~/.ssh", |_| true, &mut found);
+        words.find(
+            b"hi, ignored ssh://x this ~/.ssh",
+            b"hi, ignored ssh://x this ~/.ssh",
+            |_| true,
+            &mut found,
+        );
         let pos: Vec<usize> = found.iter().map(|h| h.pos).collect();
         assert_eq!(pos, vec![0, 4, 12, 15, 28]);
         hits.clear();
-        lex.find(b"please ignore it", b"please ignore it", |o| o == Owner::Secret, &mut hits);
+        lex.find(
+            b"please ignore it",
+            b"please ignore it",
+            |o| o == Owner::Secret,
+            &mut hits,
+        );
         assert_eq!(
             hits,
             vec![Hit {
@@ -583,10 +611,9 @@ mod tests {
                 .enumerate()
                 .fold(0u64, |m, (j, &b)| m | (u64::from(b == b'_') << j));
             assert_eq!(marks_mask(&bytes, true), unders, "round {round}");
-            let uppers = bytes
-                .iter()
-                .enumerate()
-                .fold(0u64, |m, (j, &b)| m | (u64::from(b.is_ascii_uppercase()) << j));
+            let uppers = bytes.iter().enumerate().fold(0u64, |m, (j, &b)| {
+                m | (u64::from(b.is_ascii_uppercase()) << j)
+            });
             assert_eq!(marks_mask(&bytes, false), uppers, "round {round}");
         }
     }

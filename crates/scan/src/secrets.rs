@@ -97,7 +97,10 @@ const RULES: &[Rule] = &[
     },
     Rule {
         id: "secret.gitlab-token",
-        anchors: &["glpat", "glptt", "glrt", "gldt", "gloas", "glcbt", "glsoat", "glft", "glimt", "glagent"],
+        anchors: &[
+            "glpat", "glptt", "glrt", "gldt", "gloas", "glcbt", "glsoat", "glft", "glimt",
+            "glagent",
+        ],
         pattern: r"\b(gl(?:pat|ptt|rt|dt|oas|cbt|soat|ft|imt|agent)-[A-Za-z0-9_\-]{20,})\b",
         severity: Severity::Critical,
         entropy: true,
@@ -118,7 +121,9 @@ const RULES: &[Rule] = &[
     },
     Rule {
         id: "secret.stripe-key",
-        anchors: &["sk_live", "sk_test", "sk_prod", "rk_live", "rk_test", "rk_prod"],
+        anchors: &[
+            "sk_live", "sk_test", "sk_prod", "rk_live", "rk_test", "rk_prod",
+        ],
         pattern: r"\b((?:sk|rk)_(?:live|test|prod)_[0-9A-Za-z]{16,})\b",
         severity: Severity::Critical,
         entropy: true,
@@ -195,7 +200,10 @@ const RULES: &[Rule] = &[
     },
     Rule {
         id: "secret.twilio-key",
-        anchors: &["sk0*", "sk1*", "sk2*", "sk3*", "sk4*", "sk5*", "sk6*", "sk7*", "sk8*", "sk9*", "ska*", "skb*", "skc*", "skd*", "ske*", "skf*"],
+        anchors: &[
+            "sk0*", "sk1*", "sk2*", "sk3*", "sk4*", "sk5*", "sk6*", "sk7*", "sk8*", "sk9*", "ska*",
+            "skb*", "skc*", "skd*", "ske*", "skf*",
+        ],
         pattern: r"\b(SK[0-9a-f]{32})\b",
         severity: Severity::High,
         entropy: true,
@@ -216,7 +224,20 @@ const RULES: &[Rule] = &[
     },
     Rule {
         id: "secret.db-url-password",
-        anchors: &["postgres", "postgresql", "mysql", "mariadb", "mongodb", "redis", "rediss", "amqp", "amqps", "mssql", "sqlserver", "jdbc"],
+        anchors: &[
+            "postgres",
+            "postgresql",
+            "mysql",
+            "mariadb",
+            "mongodb",
+            "redis",
+            "rediss",
+            "amqp",
+            "amqps",
+            "mssql",
+            "sqlserver",
+            "jdbc",
+        ],
         pattern: r"(?i)\b(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql|sqlserver|jdbc:[a-z]+)://[^:/@\s]{1,64}:([^@/\s]{3,128})@[A-Za-z0-9.\-]+",
         severity: Severity::Critical,
         entropy: false,
@@ -251,7 +272,19 @@ const RULES: &[Rule] = &[
     },
     Rule {
         id: "secret.generic-assignment",
-        anchors: &["key", "keys", "apikey", "secret", "password", "passwd", "pwd", "token", "credential", "credentials", "auth"],
+        anchors: &[
+            "key",
+            "keys",
+            "apikey",
+            "secret",
+            "password",
+            "passwd",
+            "pwd",
+            "token",
+            "credential",
+            "credentials",
+            "auth",
+        ],
         pattern: r#"(?i)(?:api[_\-.]?key|apikey|secret|secret[_\-.]?key|client[_\-.]?secret|access[_\-.]?key|access[_\-.]?token|auth[_\-.]?token|refresh[_\-.]?token|private[_\-.]?key|passw(?:or)?d|passwd|pwd|token|credentials?)[A-Za-z0-9_\-.]{0,20}["']?\s*(?:[:=]|:=|=>)\s*["']?([A-Za-z0-9_~+/=.\-!@#$%^&*]{10,200})"#,
         severity: Severity::High,
         entropy: true,
@@ -300,7 +333,8 @@ impl SecretDetector {
         let mut lower = Vec::new();
         prefilter::normalize_into(text, &mut lower);
         let mut hits = Vec::new();
-        self.lexicon.find(text.as_bytes(), &lower, |_| true, &mut hits);
+        self.lexicon
+            .find(text.as_bytes(), &lower, |_| true, &mut hits);
         self.scan_prepared(text, &hits)
     }
 

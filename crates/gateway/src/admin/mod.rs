@@ -14,6 +14,7 @@
 //!
 //! Other modules add their routes in [`router`] (approvals, issue 6, go there).
 
+pub mod catalog;
 pub mod kills;
 pub mod tokens;
 
@@ -43,6 +44,7 @@ pub fn router() -> Router<Arc<Gateway>> {
         .route("/openapi.json", get(openapi))
         .route("/whoami", get(whoami))
         .merge(kills::routes())
+        .merge(catalog::routes())
         .merge(tokens::routes())
         .merge(crate::approval::api::routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -289,9 +289,10 @@ async fn decide(
         }
         Err(DecideFailure::Store(error)) => return Err(AdminError::store(error).into()),
     };
-    gateway.approvals.wake(id);
     let approval = gateway.approvals.store.get(id).await.ok().flatten();
-    record_decision(gateway, approval.as_ref(), &reviewer, verdict, channel);
+    record_decision(gateway, approval.as_ref(), &reviewer, verdict, channel).await;
+    // Wake the holder after the decision is in the trail (it polls the store anyway).
+    gateway.approvals.wake(id);
     tracing::info!(approval = id, reviewer = %reviewer.name, verdict = verdict.as_str(), channel = channel.as_str(), "approval decision recorded");
     let body = match outcome {
         Outcome::Final(status) => json!({ "id": id, "status": status, "final": true }),
@@ -304,7 +305,7 @@ async fn decide(
 }
 
 /// A reviewer's decision in the audit trail (the request's own records reference the same id).
-fn record_decision(
+async fn record_decision(
     gateway: &Gateway,
     approval: Option<&Approval>,
     reviewer: &Reviewer,
@@ -326,7 +327,7 @@ fn record_decision(
         verdict.as_str(),
         channel.as_str()
     ));
-    gateway.audit.record_best_effort(event);
+    super::hold::chain(gateway, event).await;
 }
 
 /// `GET /approvals/{id}/review?verdict=approve|deny&t=NONCE`: the page a chat link opens. It
@@ -488,6 +489,20 @@ mod tests {
         assert!(page.contains(&format!("<script>{REVIEW_SCRIPT}</script>")));
         assert!(page.contains("<strong>deny</strong>"));
         assert!(script_hash().starts_with("sha256-"));
+    }
+
+    #[test]
+    fn the_openapi_document_lists_these_routes() {
+        let doc: serde_json::Value = serde_json::from_str(crate::admin::OPENAPI).unwrap();
+        for path in [
+            "/approvals",
+            "/approvals/{id}",
+            "/approvals/{id}/approve",
+            "/approvals/{id}/deny",
+            "/approvals/{id}/review",
+        ] {
+            assert!(doc["paths"].get(path).is_some(), "{path} missing");
+        }
     }
 
     #[test]

@@ -57,6 +57,18 @@ pub async fn hold(
 ) -> Result<Reply, ProxyError> {
     let gateway = &call.gateway;
     let settings = &call.runtime.config.approvals;
+    if gateway.approvals.held() >= super::MAX_HELD {
+        tracing::warn!(tool = %need.tool, "too many calls held for approval; call refused");
+        let refusal = ProxyError::client(
+            APPROVAL_UNAVAILABLE,
+            format!(
+                "{} requires approval (rule {}), but too many calls are waiting for approval; retry later",
+                need.tool, need.rule_id
+            ),
+        )
+        .with_data(json!({ "rule": need.rule_id }));
+        return audit.check(Err(refusal)).await;
+    }
     let timeout = need.options.timeout.unwrap_or(settings.timeout);
     let server = entry.config.name.clone();
     let new = NewApproval {
@@ -100,10 +112,10 @@ pub async fn hold(
         }
     };
     tracing::info!(approval = %approval.id, tool = %need.tool, rule = %need.rule_id, agent = %call.principal.agent, "call held for approval");
+    // From here on, a caller that goes away abandons the request (the guard in `Held`).
+    let held = Held::new(call, &approval.id, approval.deadline_ms, &message, need);
     audit.set_approval(&approval.id);
-    gateway
-        .audit
-        .record_best_effort(approval_event(&audit, "approval_requested"));
+    chain(gateway, approval_event(&audit, "approval_requested")).await;
     if let Some(url) = &settings.webhook {
         let gateway = gateway.clone();
         let url = url.expose().to_owned();
@@ -114,7 +126,6 @@ pub async fn hold(
         });
     }
 
-    let held = Held::new(call, &approval.id, approval.deadline_ms, &message, need);
     if !call.face.accepts_sse {
         let ending = held.wait(None).await;
         return conclude(call, entry, message, method, audit, ending).await;
@@ -128,6 +139,16 @@ pub async fn hold(
         relay(reply, &tx, client_id.as_deref()).await;
     });
     Ok(Reply::Stream(rx))
+}
+
+/// Appends an approval event to the audit chain and waits until it is durable. A failure is
+/// logged and does not change the call's fate: the approvals store holds the same facts, and the
+/// call's own decision record (which references the approval) is written fail-closed.
+pub(super) async fn chain(gateway: &Gateway, event: AuditEvent) {
+    let what = event.decision.clone().unwrap_or_default();
+    if let Err(error) = gateway.audit.record(event).await {
+        tracing::error!(%error, what, "approval event not recorded in the audit trail");
+    }
 }
 
 /// An audit event of kind `approval` for this call (trace, principal, tool, approval id).
@@ -156,9 +177,7 @@ async fn conclude(
     let mut audit = audit;
     match ending {
         Ending::Approved => {
-            call.gateway
-                .audit
-                .record_best_effort(approval_event(&audit, "approval_approved"));
+            chain(&call.gateway, approval_event(&audit, "approval_approved")).await;
             crate::proxy::proceed(call, &entry, message, &method, audit).await
         }
         Ending::Refused(error) => {
@@ -168,9 +187,7 @@ async fn conclude(
                 APPROVAL_ABANDONED => "approval_abandoned",
                 _ => "approval_unavailable",
             };
-            call.gateway
-                .audit
-                .record_best_effort(approval_event(&audit, what));
+            chain(&call.gateway, approval_event(&audit, what)).await;
             audit.check(Err(error)).await
         }
     }

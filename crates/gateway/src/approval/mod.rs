@@ -44,6 +44,9 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 const STALE_AFTER: Duration = Duration::from_secs(60);
 /// Grace after a deadline before the sweep expires a request its holder did not.
 const EXPIRY_GRACE: Duration = Duration::from_secs(5);
+/// Most calls one process holds at once; more are refused (`-31033`), so held requests cannot
+/// grow memory without bound.
+pub const MAX_HELD: usize = 4096;
 
 /// The approvals of one gateway process.
 pub struct Approvals {

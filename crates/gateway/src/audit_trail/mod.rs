@@ -133,6 +133,12 @@ impl AuditTrail {
                     .unwrap_or_else(|| default_spool_path(&config.storage)),
             ))
         });
+        if signer.is_none() {
+            tracing::warn!(
+                "audit: no signing key (audit.signing_key_file or PORTCULLIS_AUDIT_KEY): \
+                 checkpoints are not signed, so `audit verify` cannot detect a truncated trail"
+            );
+        }
         tracing::info!(chain = %chain_id, signed = signer.is_some(), spool = ?spool.as_ref().map(|s| s.path().display().to_string()), "audit trail started");
         let inner = Arc::new(Inner {
             writer,

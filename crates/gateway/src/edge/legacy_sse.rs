@@ -102,6 +102,12 @@ impl Connections {
             .then(|| connection.clone())
     }
 
+    /// The route of connection `id`, if open (to authenticate a `/message` against it).
+    fn route_of(&self, id: &str) -> Option<Route> {
+        let map = self.map.lock().expect("poisoned");
+        map.get(id).map(|connection| connection.route.clone())
+    }
+
     fn remove(&self, id: &str) -> Option<Arc<Connection>> {
         self.map.lock().expect("poisoned").remove(id)
     }
@@ -310,7 +316,15 @@ pub async fn message(
     // names the aggregate's metadata: an unauthenticated request may not learn the route.
     let principal = match admit(&runtime, &Route::Aggregate, &headers).await {
         Ok(principal) => principal,
-        Err(response) => return response,
+        // A token bound to one server's resource (RFC 8707 audience `/mcp/{server}`) is good
+        // for that server's connections; the connection check below still applies.
+        Err(response) => match gateway.legacy_sse.route_of(id) {
+            Some(route @ Route::Server(_)) => match admit(&runtime, &route, &headers).await {
+                Ok(principal) => principal,
+                Err(_) => return response,
+            },
+            _ => return response,
+        },
     };
     let Some(connection) = gateway.legacy_sse.get(id, &principal) else {
         return render::http_error(

@@ -247,3 +247,59 @@ pub fn end_stream_on_kill(
         axum::body::Body::from_stream(body.into_data_stream().take_until(Box::pin(killed)))
     })
 }
+
+/// Registers the control counters with the gateway's `/metrics`:
+/// `portcullis_rate_limit_calls_total{limit, result="admitted"|"refused"}` and
+/// `portcullis_control_refusals_total{reason="killed"|"task_scope"}`. The counts live in
+/// [`portcullis_control::Control::counters`]; each scrape adds what happened since the last.
+pub fn register_metrics(gateway: &Arc<Gateway>) {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    type Labels = Vec<(String, String)>;
+    let rate: Family<Labels, Counter> = Family::default();
+    let refusals: Family<Labels, Counter> = Family::default();
+    gateway.metrics.register(
+        "rate_limit_calls",
+        "Calls checked by each rate limit (limits.rate), admitted or refused",
+        rate.clone(),
+    );
+    gateway.metrics.register(
+        "control_refusals",
+        "Calls refused by a kill switch or for being outside a task token's scope",
+        refusals.clone(),
+    );
+    let control = Arc::downgrade(&gateway.control);
+    let seen: Mutex<HashMap<Labels, u64>> = Mutex::new(HashMap::new());
+    gateway.metrics.on_scrape(move || {
+        let Some(control) = control.upgrade() else {
+            return;
+        };
+        let counters = control.counters();
+        let mut seen = seen.lock().expect("poisoned");
+        let mut add = |family: &Family<Labels, Counter>, labels: Labels, now: u64| {
+            let last = seen.entry(labels.clone()).or_insert(0);
+            // A reload with new limits restarts their counts: count from the new start.
+            let delta = now.checked_sub(*last).unwrap_or(now);
+            family.get_or_create(&labels).inc_by(delta);
+            *last = now;
+        };
+        for (reason, now) in [
+            ("killed", counters.killed),
+            ("task_scope", counters.out_of_scope),
+        ] {
+            add(&refusals, vec![("reason".into(), reason.into())], now);
+        }
+        for limit in counters.rate {
+            for (result, now) in [("admitted", limit.admitted), ("refused", limit.refused)] {
+                let labels = vec![
+                    ("limit".into(), limit.limit.clone()),
+                    ("result".into(), result.into()),
+                ];
+                add(&rate, labels, now);
+            }
+        }
+    });
+}

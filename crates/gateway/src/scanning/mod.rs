@@ -6,6 +6,7 @@
 //! - [`metadata`]: `tools/list` (and prompts, resources, server instructions) scanned for
 //!   poisoning, cached by definition hash; quarantine of changed, new and poisoned tools;
 //! - [`pins`]: the approved definition hash of every tool, in the store and in memory;
+//! - [`catalog`]: the reviewer's view (pins and waiting versions) and approval;
 //! - [`canonical`]: canonical JSON and definition hashes;
 //! - [`fetch`]: a server's metadata through the gateway's connectors (`portcullis scan`).
 //!
@@ -13,6 +14,7 @@
 //! compiled once per process ([`scanner`]); if they cannot be, every scan fails closed.
 
 pub mod canonical;
+pub mod catalog;
 pub mod content;
 pub mod fetch;
 pub mod metadata;
