@@ -52,7 +52,9 @@ fn bench(c: &mut Criterion) {
     group.bench_function("first_sight", |b| {
         b.iter_batched(
             || (MetadataGuard::default(), list.clone()),
-            |(guard, items)| guard.screen_items(scanner, "srv", ItemKind::Tool, items, &profile, true),
+            |(guard, items)| {
+                guard.screen_items(scanner, "srv", ItemKind::Tool, items, &profile, true)
+            },
             BatchSize::SmallInput,
         )
     });

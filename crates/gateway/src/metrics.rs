@@ -80,7 +80,7 @@ pub struct Metrics {
     pub request_duration: Family<LatencyLabels, Histogram>,
     /// 1 when the last call to the server reached it, 0 when it could not be reached.
     pub upstream_up: Family<ServerLabel, Gauge>,
-    /// Time until a decision record was durable (append + group commit).
+    /// Time until an awaited record was durable (append + group commit).
     pub audit_append: Histogram,
     /// Appends queued and not yet committed.
     pub audit_backlog: Gauge,
@@ -148,7 +148,7 @@ impl Metrics {
         );
         registry.register(
             "audit_append_seconds",
-            "Time until a decision record was durable in the audit store",
+            "Time until an awaited audit record (decision, denial, outcome) was durable",
             audit_append.clone(),
         );
         registry.register(

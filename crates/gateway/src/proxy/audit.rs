@@ -44,6 +44,9 @@ pub struct CallRecord {
     trail: AuditTrail,
     event: AuditEvent,
     started: Instant,
+    /// The server's connector, asked for the protocol version it speaks (upstream era) once
+    /// the call is done (by then it is known without waiting).
+    connector: Option<std::sync::Arc<dyn crate::upstream::Connector>>,
 }
 
 impl CallRecord {
@@ -90,11 +93,16 @@ impl CallRecord {
                 .find_map(|key| params.get(key))
                 .and_then(|raw| trail.fingerprint(raw));
         }
+        let connector = server
+            .as_deref()
+            .and_then(|name| call.runtime.server(name))
+            .map(|entry| entry.connector.clone());
         event.server = server;
         CallRecord {
             trail,
             event,
             started,
+            connector,
         }
     }
 
@@ -271,6 +279,14 @@ impl CallRecord {
         event.latency_us = Some(elapsed_us(self.started));
         event.bytes_out = Some(bytes_out);
         event.time_us = now_us();
+        // Known once the connector has connected; never waited for here.
+        if let Some(Ok(facts)) = self
+            .connector
+            .as_ref()
+            .and_then(|c| futures::FutureExt::now_or_never(c.facts()))
+        {
+            event.upstream_era = Some(facts.protocol_version);
+        }
         if self.trail.awaits_outcome() {
             if let Err(error) = self.trail.record(event).await {
                 tracing::error!(%error, "outcome record not written");
