@@ -106,6 +106,11 @@ async fn a_call_leaves_a_durable_decision_record_then_its_outcome() {
     assert!(!fingerprint.contains("hello"));
 
     assert_eq!(outcome.outcome, Some(Outcome::Ok));
+    assert_eq!(
+        outcome.upstream_era.as_deref(),
+        Some(MODERN),
+        "the recorder speaks 2026-07-28"
+    );
     assert_eq!(outcome.trace_id.as_deref(), Some(trace.as_str()));
     assert_eq!(outcome.decision.as_deref(), Some("allow"));
     assert!(outcome.latency_us.unwrap() > 0);

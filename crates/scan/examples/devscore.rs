@@ -38,10 +38,14 @@ fn main() {
                 scanner.injection(t)
             };
             let rules: Vec<&str> = findings.iter().map(|f| f.rule).collect();
+            let severities: Vec<String> = findings
+                .iter()
+                .map(|f| format!("{:?}", f.severity))
+                .collect();
             println!(
                 "{}",
                 json!({"file": name, "id": row["id"], "label": row["label"], "kind": kind,
-                       "flagged": !findings.is_empty(), "rules": rules, "meta": row["meta"], "source": row["source"], "len": t.chars().count()})
+                       "flagged": !findings.is_empty(), "rules": rules, "severities": severities, "meta": row["meta"], "source": row["source"], "len": t.chars().count()})
             );
         }
     }
