@@ -4,7 +4,8 @@
 //! [`chain`] links records into a SHA-256 hash chain, [`checkpoint`] signs chain heads with Ed25519,
 //! and [`verify`] walks records and checkpoints and names every problem with its position.
 //! The IO half, [`store`] (feature `store`, on by default), persists chains in SQLite or
-//! PostgreSQL with group commit.
+//! PostgreSQL; its [`store::AuditWriter`] appends with group commit (`writer.rs`, and
+//! `sqlite_writer.rs` for SQLite files).
 //!
 //! Seams left for the data plane: a gateway builds an [`record::AuditEvent`] per governed message
 //! and awaits [`store::AuditWriter::append`], which resolves once the record is durable.
@@ -13,8 +14,12 @@ pub mod chain;
 pub mod checkpoint;
 pub mod record;
 #[cfg(feature = "store")]
+mod sqlite_writer;
+#[cfg(feature = "store")]
 pub mod store;
 pub mod verify;
+#[cfg(feature = "store")]
+mod writer;
 
 pub use chain::{ChainHead, Hash};
 pub use checkpoint::{Checkpoint, KeyError, KeyRing, SigningKeyFile};

@@ -40,11 +40,14 @@ pub enum RecordKind {
     Approval,
     /// Retention removed records (the signed tombstone checkpoint says which).
     Retention,
+    /// A scanner alert outside any one call: a tool, prompt or resource quarantined (poisoned,
+    /// changed since it was pinned, new and not approved) or flagged, with the findings.
+    Alert,
 }
 
 impl RecordKind {
     /// All kinds, in declaration order.
-    pub const ALL: [RecordKind; 7] = [
+    pub const ALL: [RecordKind; 8] = [
         Self::Call,
         Self::Denial,
         Self::AuthFailure,
@@ -52,6 +55,7 @@ impl RecordKind {
         Self::KillSwitch,
         Self::Approval,
         Self::Retention,
+        Self::Alert,
     ];
 
     /// The stored name (`call`, `auth_failure`, ...).
@@ -64,6 +68,7 @@ impl RecordKind {
             Self::KillSwitch => "kill_switch",
             Self::Approval => "approval",
             Self::Retention => "retention",
+            Self::Alert => "alert",
         }
     }
 

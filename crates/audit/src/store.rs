@@ -11,28 +11,30 @@
 //! `any` feature is not needed (and not used): the typed pools keep PostgreSQL's parameter types
 //! inferred from the columns, which `Any` loses for `NULL` binds.
 //!
-//! [`AuditWriter`] is the single writer of one chain (one per replica): a task that owns the
-//! chain head, drains queued appends into one transaction (group commit), adds a signed
-//! checkpoint every N records, every T seconds and at shutdown, and resolves each append once its
-//! transaction is committed. SQLite runs with `synchronous = FULL`, so a committed append survives
-//! a power cut, not only `kill -9`.
+//! [`AuditWriter`] ([`crate::writer`]) is the single writer of one chain (one per replica); on a
+//! SQLite file it writes through its own connection ([`crate::sqlite_writer`]), elsewhere
+//! through [`write_batch`] on a connection it holds. SQLite runs in WAL mode with
+//! `synchronous = NORMAL` by default ([`Durability`]): a committed append survives the process
+//! being killed (`kill -9`), not a power cut; [`Durability::Full`] fsyncs every commit.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 // `AssertSqlSafe`: the only dynamic SQL is built from constants and a quoted identifier.
-use sqlx::{AssertSqlSafe, QueryBuilder, Row};
-use tokio::sync::{mpsc, oneshot};
+use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row, Sqlite};
 
 use crate::chain::{ChainHead, Hash};
 use crate::checkpoint::{Checkpoint, KeyError, KeyRing, SigningKeyFile};
 use crate::record::{AuditEvent, AuditRecord, Finding, Outcome, Principal, RecordKind};
+#[cfg(doc)]
+use crate::writer::AuditWriter;
 use crate::verify::{Problem, Report, Undecodable, Verifier};
 
 /// Store failures. `retryable` tells callers (fail-closed data plane) whether trying again helps.
@@ -44,6 +46,9 @@ pub enum StoreError {
     /// The database refused or is unreachable.
     #[error("audit storage: {0}")]
     Db(#[from] sqlx::Error),
+    /// The SQLite file refused a write of the direct writer.
+    #[error("audit storage: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// A migration failed.
     #[error("audit storage: migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -65,7 +70,7 @@ impl StoreError {
     /// Whether a retry may succeed (connection trouble, writer restart) as opposed to a bug or
     /// a misconfiguration.
     pub fn retryable(&self) -> bool {
-        matches!(self, Self::Db(_) | Self::WriterStopped)
+        matches!(self, Self::Db(_) | Self::Sqlite(_) | Self::WriterStopped)
     }
 }
 
@@ -196,25 +201,39 @@ pub struct Query {
     pub after: Option<(i64, String, i64)>,
 }
 
-/// SQLite commit durability (PostgreSQL commits are governed by the server's settings).
+/// SQLite commit durability (PostgreSQL commits are governed by the server's settings, e.g.
+/// `synchronous_commit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// `synchronous = FULL`: every commit is fsynced (survives a power cut).
+    /// `synchronous = NORMAL` in WAL mode (the default): a commit is in the WAL file (the OS
+    /// page cache) before it is acknowledged, so it survives the process being killed
+    /// (`kill -9`) and restarted, not a power cut or a kernel crash.
     #[default]
-    Full,
-    /// `synchronous = NORMAL` in WAL mode: a commit reaches the OS before it is acknowledged,
-    /// so it survives the process being killed (`kill -9`), not a power cut.
     Normal,
+    /// `synchronous = FULL`: every commit is fsynced (survives a power cut), at the cost of an
+    /// fsync per group commit.
+    Full,
+}
+
+/// A SQLite store's file and commit durability (what the direct writer opens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteFile {
+    /// The database file.
+    pub path: PathBuf,
+    /// Its commit durability.
+    pub durability: Durability,
 }
 
 /// An audit store: a pool plus the schema.
 #[derive(Debug, Clone)]
 pub struct AuditStore {
     backend: Backend,
+    /// Set for a SQLite file (not an in-memory database).
+    sqlite_file: Option<SqliteFile>,
 }
 
 impl AuditStore {
-    /// Connects to `sqlite://PATH` (created if missing; WAL, synchronous FULL) or
+    /// Connects to `sqlite://PATH` (created if missing; WAL, [`Durability::Normal`]) or
     /// `postgres://...`, and runs the migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_in_schema(url, None).await
@@ -223,11 +242,12 @@ impl AuditStore {
     /// Like [`AuditStore::connect`]; on PostgreSQL, every connection uses `schema` (created if
     /// missing) as its `search_path`. Tests use this to isolate runs.
     pub async fn connect_in_schema(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
-        Self::connect_with(url, schema, Durability::Full).await
+        Self::connect_with(url, schema, Durability::default()).await
     }
 
     /// [`AuditStore::connect_in_schema`] with the SQLite commit durability chosen
-    /// ([`Durability::Normal`] survives `kill -9` but not a power cut; PostgreSQL ignores it).
+    /// ([`Durability::Normal`] survives `kill -9` but not a power cut, [`Durability::Full`]
+    /// fsyncs each commit; PostgreSQL ignores it).
     pub async fn connect_with(
         url: &str,
         schema: Option<&str>,
@@ -250,10 +270,18 @@ impl AuditStore {
         create: bool,
         durability: Durability,
     ) -> Result<Self, StoreError> {
+        let mut sqlite_file = None;
         let backend = if url.starts_with("sqlite:") {
             // An in-memory database exists per connection: keep exactly one (tests, demos).
             let memory = url.contains(":memory:");
-            let opts = SqliteConnectOptions::from_str(url)?
+            let opts = SqliteConnectOptions::from_str(url)?;
+            if !memory {
+                sqlite_file = Some(SqliteFile {
+                    path: opts.get_filename().to_path_buf(),
+                    durability,
+                });
+            }
+            let opts = opts
                 .create_if_missing(create)
                 .journal_mode(if memory {
                     SqliteJournalMode::Memory
@@ -297,12 +325,20 @@ impl AuditStore {
         } else {
             return Err(StoreError::Url(url.to_owned()));
         };
-        Ok(Self { backend })
+        Ok(Self {
+            backend,
+            sqlite_file,
+        })
     }
 
     /// The pool.
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// The SQLite file and its durability (None for PostgreSQL and in-memory SQLite).
+    pub fn sqlite_file(&self) -> Option<&SqliteFile> {
+        self.sqlite_file.as_ref()
     }
 
     /// Applies pending migrations.
@@ -472,73 +508,15 @@ impl AuditStore {
         Ok((out, problems))
     }
 
-    /// Appends records (and optionally a checkpoint) in one transaction.
+    /// Appends records (and optionally a checkpoint) atomically ([`write_batch`] on a
+    /// connection of the pool).
     pub async fn insert(
         &self,
         records: &[AuditRecord],
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), StoreError> {
-        let mut encoded = Vec::with_capacity(records.len());
-        for r in records {
-            encoded.push(Encoded::new(r)?);
-        }
-        let cp_seq = match checkpoint {
-            Some(cp) => {
-                Some(i64::try_from(cp.seq).map_err(|_| StoreError::Range("checkpoint seq"))?)
-            }
-            None => None,
-        };
-        on_pool!(&self.backend, pool => {
-            let mut tx = pool.begin().await?;
-            for chunk in encoded.chunks(ROWS_PER_INSERT) {
-                let mut b = QueryBuilder::new(format!("INSERT INTO audit_records ({RECORD_COLUMNS}) "));
-                b.push_values(chunk, |mut row, e| {
-                    row.push_bind(e.chain_id.clone())
-                        .push_bind(e.seq)
-                        .push_bind(e.prev_hash.clone())
-                        .push_bind(e.hash.clone())
-                        .push_bind(e.time_us)
-                        .push_bind(e.kind)
-                        .push_bind(e.text[0].clone())
-                        .push_bind(e.text[1].clone())
-                        .push_bind(e.text[2].clone())
-                        .push_bind(e.text[3].clone())
-                        .push_bind(e.text[4].clone())
-                        .push_bind(e.text[5].clone())
-                        .push_bind(e.text[6].clone())
-                        .push_bind(e.text[7].clone())
-                        .push_bind(e.text[8].clone())
-                        .push_bind(e.text[9].clone())
-                        .push_bind(e.text[10].clone())
-                        .push_bind(e.text[11].clone())
-                        .push_bind(e.text[12].clone())
-                        .push_bind(e.text[13].clone())
-                        .push_bind(e.findings.clone())
-                        .push_bind(e.outcome)
-                        .push_bind(e.error_code)
-                        .push_bind(e.latency_us)
-                        .push_bind(e.bytes_in)
-                        .push_bind(e.bytes_out);
-                });
-                b.build().execute(&mut *tx).await?;
-            }
-            if let (Some(cp), Some(seq)) = (checkpoint, cp_seq) {
-                sqlx::query(
-                    "INSERT INTO audit_checkpoints (chain_id, seq, head_hash, time_us, key_id, signature) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                )
-                .bind(cp.chain_id.clone())
-                .bind(seq)
-                .bind(cp.head_hash.to_hex())
-                .bind(cp.time_us)
-                .bind(cp.key_id.clone())
-                .bind(cp.signature.clone())
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-        });
-        Ok(())
+        let mut conn = WriterConn::acquire(&self.backend).await?;
+        write_batch(&mut conn, records, checkpoint).await
     }
 
     /// Retention: deletes the records of `chain_id` older than `before_us` (the oldest prefix
@@ -657,38 +635,176 @@ impl AuditStore {
     }
 }
 
+/// A connection held by a writer (one acquire, not one per batch).
+#[derive(Debug)]
+pub(crate) enum WriterConn {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+impl WriterConn {
+    pub(crate) async fn acquire(backend: &Backend) -> Result<Self, StoreError> {
+        Ok(match backend {
+            Backend::Sqlite(pool) => Self::Sqlite(pool.acquire().await?),
+            Backend::Postgres(pool) => Self::Postgres(pool.acquire().await?),
+        })
+    }
+}
+
+/// Writes `records` and `checkpoint` atomically on `conn`: one multi-row `INSERT` in autocommit
+/// (atomic by itself) when there is no checkpoint and the records fit one statement, which is
+/// one round trip to the database; otherwise one transaction.
+pub(crate) async fn write_batch(
+    conn: &mut WriterConn,
+    records: &[AuditRecord],
+    checkpoint: Option<&Checkpoint>,
+) -> Result<(), StoreError> {
+    let mut encoded = Vec::with_capacity(records.len());
+    for r in records {
+        encoded.push(Encoded::new(r)?);
+    }
+    let cp_seq = match checkpoint {
+        Some(cp) => Some(i64::try_from(cp.seq).map_err(|_| StoreError::Range("checkpoint seq"))?),
+        None => None,
+    };
+    let one_statement = checkpoint.is_none() && encoded.len() <= ROWS_PER_INSERT;
+    macro_rules! write_on {
+        ($exec:expr, $placeholders:expr) => {{
+            let mut rest = encoded.into_iter().peekable();
+            while rest.peek().is_some() {
+                let n = rest.len().min(ROWS_PER_INSERT);
+                let mut q = sqlx::query(insert_records_sql(n, $placeholders));
+                for e in rest.by_ref().take(n) {
+                    q = q
+                        .bind(e.chain_id)
+                        .bind(e.seq)
+                        .bind(e.prev_hash)
+                        .bind(e.hash)
+                        .bind(e.time_us)
+                        .bind(e.kind);
+                    for text in e.text {
+                        q = q.bind(text);
+                    }
+                    q = q
+                        .bind(e.findings)
+                        .bind(e.outcome)
+                        .bind(e.error_code)
+                        .bind(e.latency_us)
+                        .bind(e.bytes_in)
+                        .bind(e.bytes_out);
+                }
+                q.execute($exec).await?;
+            }
+            if let (Some(cp), Some(seq)) = (checkpoint, cp_seq) {
+                sqlx::query(INSERT_CHECKPOINT)
+                    .bind(cp.chain_id.clone())
+                    .bind(seq)
+                    .bind(cp.head_hash.to_hex())
+                    .bind(cp.time_us)
+                    .bind(cp.key_id.clone())
+                    .bind(cp.signature.clone())
+                    .execute($exec)
+                    .await?;
+            }
+        }};
+    }
+    match conn {
+        WriterConn::Sqlite(conn) if one_statement => write_on!(&mut **conn, Placeholders::Question),
+        WriterConn::Postgres(conn) if one_statement => {
+            write_on!(&mut **conn, Placeholders::Dollar)
+        }
+        WriterConn::Sqlite(conn) => {
+            let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+            write_on!(&mut *tx, Placeholders::Question);
+            tx.commit().await?;
+        }
+        WriterConn::Postgres(conn) => {
+            let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+            write_on!(&mut *tx, Placeholders::Dollar);
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+/// The checkpoint insert.
+const INSERT_CHECKPOINT: &str = "INSERT INTO audit_checkpoints \
+     (chain_id, seq, head_hash, time_us, key_id, signature) VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Batches up to this many records reuse a prebuilt statement text (the common sizes on the
+/// data plane); larger ones build theirs. Either way the driver caches the prepared statement
+/// per connection by its text.
+const PREBUILT_INSERTS: usize = 32;
+
+/// Bind placeholders of a dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placeholders {
+    /// SQLite: anonymous `?`, bound by position. (Numbered `$N` work too, but SQLite looks a
+    /// named parameter up by a linear scan, which made a 200-row insert quadratic.)
+    Question,
+    /// PostgreSQL: `$1`, `$2`, ...
+    Dollar,
+}
+
+/// `INSERT INTO audit_records (...) VALUES (...), ...` for `n` rows.
+fn insert_records_sql(
+    n: usize,
+    placeholders: Placeholders,
+) -> AssertSqlSafe<std::borrow::Cow<'static, str>> {
+    static PREBUILT: [OnceLock<Vec<String>>; 2] = [OnceLock::new(), OnceLock::new()];
+    let build = |n: usize| {
+        let columns = RECORD_COLUMNS.split(',').count();
+        let mut sql = format!("INSERT INTO audit_records ({RECORD_COLUMNS}) VALUES ");
+        for row in 0..n {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for col in 0..columns {
+                if col > 0 {
+                    sql.push_str(", ");
+                }
+                match placeholders {
+                    Placeholders::Question => sql.push('?'),
+                    Placeholders::Dollar => {
+                        sql.push('$');
+                        sql.push_str(&(row * columns + col + 1).to_string());
+                    }
+                }
+            }
+            sql.push(')');
+        }
+        sql
+    };
+    AssertSqlSafe(if (1..=PREBUILT_INSERTS).contains(&n) {
+        let prebuilt = PREBUILT[usize::from(placeholders == Placeholders::Dollar)]
+            .get_or_init(|| (1..=PREBUILT_INSERTS).map(build).collect());
+        std::borrow::Cow::Borrowed(prebuilt[n - 1].as_str())
+    } else {
+        std::borrow::Cow::Owned(build(n))
+    })
+}
+
 /// A record as bind values.
-struct Encoded {
-    chain_id: String,
-    seq: i64,
-    prev_hash: String,
-    hash: String,
-    time_us: i64,
-    kind: &'static str,
+pub(crate) struct Encoded {
+    pub(crate) chain_id: String,
+    pub(crate) seq: i64,
+    pub(crate) prev_hash: String,
+    pub(crate) hash: String,
+    pub(crate) time_us: i64,
+    pub(crate) kind: &'static str,
     /// trace_id, agent, user_id, token_id, session, client_era, upstream_era, server, method,
     /// tool, args_fingerprint, decision, rule_id, approval_ref.
-    text: [Option<String>; 14],
-    findings: String,
-    outcome: Option<&'static str>,
-    error_code: Option<i64>,
-    latency_us: Option<i64>,
-    bytes_in: Option<i64>,
-    bytes_out: Option<i64>,
+    pub(crate) text: [Option<String>; 14],
+    pub(crate) findings: String,
+    pub(crate) outcome: Option<&'static str>,
+    pub(crate) error_code: Option<i64>,
+    pub(crate) latency_us: Option<i64>,
+    pub(crate) bytes_in: Option<i64>,
+    pub(crate) bytes_out: Option<i64>,
 }
 
 impl Encoded {
-    fn new(r: &AuditRecord) -> Result<Self, StoreError> {
+    pub(crate) fn new(r: &AuditRecord) -> Result<Self, StoreError> {
         let e = &r.event;
-        let mut findings = Vec::new();
-        crate::record::canonical_json(
-            &serde_json::to_value(&e.findings).unwrap_or(serde_json::Value::Array(Vec::new())),
-            &mut findings,
-        );
-        let (outcome, error_code) = match e.outcome {
-            None => (None, None),
-            Some(Outcome::Ok) => (Some("ok"), None),
-            Some(Outcome::Error { code }) => (Some("error"), Some(code)),
-        };
+        let (outcome, error_code) = outcome_columns(e.outcome);
         Ok(Self {
             chain_id: r.chain_id.clone(),
             seq: i64::try_from(r.seq).map_err(|_| StoreError::Range("seq"))?,
@@ -712,13 +828,35 @@ impl Encoded {
                 e.rule_id.clone(),
                 e.approval_ref.clone(),
             ],
-            findings: String::from_utf8(findings).unwrap_or_default(),
+            findings: findings_column(&e.findings),
             outcome,
             error_code,
             latency_us: e.latency_us,
             bytes_in: e.bytes_in,
             bytes_out: e.bytes_out,
         })
+    }
+}
+
+/// The `findings` column: canonical JSON of the list (`[]` without findings, the common case).
+pub(crate) fn findings_column(findings: &[Finding]) -> String {
+    if findings.is_empty() {
+        return "[]".to_owned();
+    }
+    let mut out = Vec::new();
+    crate::record::canonical_json(
+        &serde_json::to_value(findings).unwrap_or(serde_json::Value::Array(Vec::new())),
+        &mut out,
+    );
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The `outcome` and `error_code` columns.
+pub(crate) fn outcome_columns(outcome: Option<Outcome>) -> (Option<&'static str>, Option<i64>) {
+    match outcome {
+        None => (None, None),
+        Some(Outcome::Ok) => (Some("ok"), None),
+        Some(Outcome::Error { code }) => (Some("error"), Some(code)),
     }
 }
 
@@ -777,290 +915,6 @@ pub mod keys {
     }
 }
 
-/// Writer settings.
-#[derive(Debug, Clone)]
-pub struct WriterConfig {
-    /// The chain this writer owns (one per replica).
-    pub chain_id: String,
-    /// Sign a checkpoint after this many records.
-    pub checkpoint_every: u64,
-    /// ... or after this long with unsigned records.
-    pub checkpoint_interval: Duration,
-    /// Most appends per transaction; 1 disables group commit (one transaction per record).
-    pub max_batch: usize,
-    /// Appends queued before `append` waits (bounded memory).
-    pub queue: usize,
-}
-
-impl WriterConfig {
-    /// Defaults: checkpoint every 1,000 records or 10 s, batches of up to 1,024, queue 8,192.
-    pub fn new(chain_id: impl Into<String>) -> Self {
-        Self {
-            chain_id: chain_id.into(),
-            checkpoint_every: 1_000,
-            checkpoint_interval: Duration::from_secs(10),
-            max_batch: 1_024,
-            queue: 8_192,
-        }
-    }
-}
-
-/// Where an appended record landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    /// Its seq.
-    pub seq: u64,
-    /// Its hash.
-    pub hash: Hash,
-}
-
-/// Resolves one append once its transaction committed (or failed).
-type AppendAck = oneshot::Sender<Result<Appended, AppendError>>;
-
-/// Messages to the writer task; an append carries its event boxed (the enum stays small in
-/// the bounded queue).
-enum Request {
-    Append(Box<AuditEvent>, AppendAck),
-    Shutdown(oneshot::Sender<Result<(), Arc<StoreError>>>),
-}
-
-/// Handle to the single writer task of one chain. Cloning shares the task.
-#[derive(Debug, Clone)]
-pub struct AuditWriter {
-    /// Appends and the shutdown request, in order, to the writer task (bounded: `queue`).
-    tx: mpsc::Sender<Request>,
-}
-
-impl std::fmt::Debug for Request {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Append(..) => "Append",
-            Self::Shutdown(_) => "Shutdown",
-        })
-    }
-}
-
-/// Errors from [`AuditWriter::append`]: the store's error, shared by every append of the failed
-/// batch.
-pub type AppendError = Arc<StoreError>;
-
-/// A queued append; [`PendingAppend::durable`] resolves once its transaction committed.
-#[derive(Debug)]
-pub struct PendingAppend(oneshot::Receiver<Result<Appended, AppendError>>);
-
-impl PendingAppend {
-    /// Waits until the record is committed (or its batch failed).
-    pub async fn durable(self) -> Result<Appended, AppendError> {
-        self.0
-            .await
-            .map_err(|_| Arc::new(StoreError::WriterStopped))?
-    }
-}
-
-/// Why [`AuditWriter::try_enqueue`] did not queue a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum QueueFull {
-    /// The queue is full (the store is slower than the producers).
-    #[error("audit queue full")]
-    Full,
-    /// The writer has stopped.
-    #[error("audit writer stopped")]
-    Stopped,
-}
-
-impl AuditWriter {
-    /// Reads the chain head and starts the writer task. Without a signer no checkpoints are
-    /// written (verification then cannot detect truncation).
-    pub async fn start(
-        store: AuditStore,
-        config: WriterConfig,
-        signer: Option<Arc<SigningKeyFile>>,
-    ) -> Result<Self, StoreError> {
-        let head = store.head(&config.chain_id).await?;
-        let (tx, rx) = mpsc::channel(config.queue.max(1));
-        let task = WriterTask {
-            store,
-            since_checkpoint: 0,
-            head,
-            config,
-            signer,
-            reload_head: false,
-        };
-        tokio::spawn(task.run(rx));
-        Ok(Self { tx })
-    }
-
-    /// Appends `event`; resolves once the record is committed (durable).
-    pub async fn append(&self, event: AuditEvent) -> Result<Appended, AppendError> {
-        self.enqueue(event).await?.durable().await
-    }
-
-    /// Queues `event` (waiting for room in the bounded queue) without waiting for the commit;
-    /// [`PendingAppend::durable`] waits for it. Records keep their queueing order in the chain.
-    pub async fn enqueue(&self, event: AuditEvent) -> Result<PendingAppend, AppendError> {
-        let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Request::Append(Box::new(event), ack))
-            .await
-            .map_err(|_| Arc::new(StoreError::WriterStopped))?;
-        Ok(PendingAppend(done))
-    }
-
-    /// Queues `event` only if the queue has room now (never waits): for records whose
-    /// producers must not be slowed down by a backlog, such as authentication failures.
-    pub fn try_enqueue(&self, event: AuditEvent) -> Result<PendingAppend, QueueFull> {
-        let (ack, done) = oneshot::channel();
-        self.tx
-            .try_send(Request::Append(Box::new(event), ack))
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => QueueFull::Full,
-                mpsc::error::TrySendError::Closed(_) => QueueFull::Stopped,
-            })?;
-        Ok(PendingAppend(done))
-    }
-
-    /// Appends queued and not yet committed (for the backlog metric).
-    pub fn backlog(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
-    }
-
-    /// Flushes queued appends, signs a final checkpoint and stops the task.
-    pub async fn shutdown(&self) -> Result<(), AppendError> {
-        let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Request::Shutdown(ack))
-            .await
-            .map_err(|_| Arc::new(StoreError::WriterStopped))?;
-        done.await
-            .map_err(|_| Arc::new(StoreError::WriterStopped))?
-    }
-}
-
-struct WriterTask {
-    store: AuditStore,
-    config: WriterConfig,
-    signer: Option<Arc<SigningKeyFile>>,
-    /// The last committed record of the chain.
-    head: ChainHead,
-    /// Records committed since the last checkpoint.
-    since_checkpoint: u64,
-    /// A commit failed: the head in the database is unknown, re-read it before the next batch.
-    reload_head: bool,
-}
-
-impl WriterTask {
-    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut tick = tokio::time::interval(self.config.checkpoint_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        let max_batch = self.config.max_batch.max(1);
-        loop {
-            tokio::select! {
-                request = rx.recv() => match request {
-                    Some(Request::Append(event, ack)) => {
-                        let mut batch = vec![(event, ack)];
-                        let mut shutdown = None;
-                        while batch.len() < max_batch {
-                            match rx.try_recv() {
-                                Ok(Request::Append(e, a)) => batch.push((e, a)),
-                                Ok(Request::Shutdown(a)) => { shutdown = Some(a); break; }
-                                Err(_) => break,
-                            }
-                        }
-                        self.commit(batch).await;
-                        if let Some(ack) = shutdown {
-                            let _ = ack.send(self.checkpoint_now().await);
-                            return;
-                        }
-                    }
-                    Some(Request::Shutdown(ack)) => {
-                        let _ = ack.send(self.checkpoint_now().await);
-                        return;
-                    }
-                    None => {
-                        let _ = self.checkpoint_now().await;
-                        return;
-                    }
-                },
-                _ = tick.tick(), if self.since_checkpoint > 0 => {
-                    if let Err(error) = self.checkpoint_now().await {
-                        tracing::warn!(%error, "audit checkpoint failed");
-                    }
-                }
-            }
-        }
-    }
-
-    async fn commit(&mut self, batch: Vec<(Box<AuditEvent>, AppendAck)>) {
-        if self.reload_head {
-            match self.store.head(&self.config.chain_id).await {
-                Ok(head) => {
-                    self.head = head;
-                    self.reload_head = false;
-                }
-                Err(e) => {
-                    let e = Arc::new(e);
-                    for (_, ack) in batch {
-                        let _ = ack.send(Err(e.clone()));
-                    }
-                    return;
-                }
-            }
-        }
-        let mut head = self.head.clone();
-        let mut acks = Vec::with_capacity(batch.len());
-        let mut records = Vec::with_capacity(batch.len());
-        for (event, ack) in batch {
-            let record = head.append(*event);
-            acks.push((
-                ack,
-                Appended {
-                    seq: record.seq,
-                    hash: record.hash,
-                },
-            ));
-            records.push(record);
-        }
-        let n = records.len() as u64;
-        let checkpoint = match &self.signer {
-            Some(signer) if self.since_checkpoint + n >= self.config.checkpoint_every => {
-                Some(signer.sign(&head.chain_id, head.seq, head.hash, now_us()))
-            }
-            _ => None,
-        };
-        match self.store.insert(&records, checkpoint.as_ref()).await {
-            Ok(()) => {
-                self.head = head;
-                self.since_checkpoint = if checkpoint.is_some() {
-                    0
-                } else {
-                    self.since_checkpoint + n
-                };
-                for (ack, appended) in acks {
-                    let _ = ack.send(Ok(appended));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "audit append failed");
-                self.reload_head = true;
-                let e = Arc::new(e);
-                for (ack, _) in acks {
-                    let _ = ack.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-
-    async fn checkpoint_now(&mut self) -> Result<(), AppendError> {
-        let Some(signer) = &self.signer else {
-            return Ok(());
-        };
-        if self.since_checkpoint == 0 || self.head.seq == 0 {
-            return Ok(());
-        }
-        let cp = signer.sign(&self.head.chain_id, self.head.seq, self.head.hash, now_us());
-        self.store.insert(&[], Some(&cp)).await.map_err(Arc::new)?;
-        self.since_checkpoint = 0;
-        Ok(())
-    }
-}
+pub use crate::writer::{
+    AppendError, Appended, AuditWriter, PendingAppend, QueueFull, WriterConfig,
+};

@@ -1,37 +1,77 @@
-//! `portcullis-audit-bench`: durable audit appends per second on SQLite, group commit vs one
-//! transaction per record, measured in the same run (BENCHMARKS.md, "Audit append").
+//! `portcullis-audit-bench`: durable audit appends on SQLite through the real `AuditWriter`
+//! (BENCHMARKS.md, "Audit append"), for each commit durability asked for (`--sync`):
 //!
-//! Each mode writes to a fresh SQLite file (WAL, `synchronous = FULL`, as the gateway runs it)
-//! through the real `AuditWriter`: `--producers` tasks append concurrently, each awaiting its
-//! append's durability before the next, like calls on the data plane. Checkpoints are signed
-//! every 1,000 records. Afterwards the chain is verified, so the figure counts only records that
-//! verify.
+//! - **group commit**: `--producers` tasks append concurrently, each awaiting its append's
+//!   durability before the next, like calls on the data plane; records/s.
+//! - **one transaction per record**: the same with `max_batch = 1` (the baseline group commit
+//!   is measured against); records/s.
+//! - **append latency**: one task appends, awaits durability, then sleeps `--latency-gap-us`
+//!   (threads go idle between appends, as at 1,000 calls/s); p50/p90/p99 of one append, which is
+//!   what the data plane's audit step waits for per record.
+//!
+//! Each mode writes to a fresh SQLite file (WAL) through each writer engine asked for
+//! (`--engine`): `direct` (the writer's own SQLite connection, the default) and `sqlx` (the
+//! task engine PostgreSQL uses, through sqlx's SQLite driver), so the two compare in one run.
+//! Checkpoints are signed every 1,000 records. Afterwards the chain is verified, so the figures
+//! count only records that verify.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use portcullis_audit::checkpoint::SigningKeyFile;
-use portcullis_audit::store::{AuditStore, AuditWriter, WriterConfig, now_us};
+use portcullis_audit::store::{AuditStore, AuditWriter, Durability, WriterConfig, now_us};
 use portcullis_audit::{AuditEvent, Finding, Outcome, RecordKind};
+use serde::Serialize;
 
 /// The allocator the gateway binary runs with (`crates/cli/src/main.rs`), so the writer task
 /// allocates here as it does in production.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Sync {
+    /// `synchronous = NORMAL` (the default): survives `kill -9`, not a power cut.
+    Normal,
+    /// `synchronous = FULL`: every commit fsynced.
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Engine {
+    /// The writer's own SQLite connection (`WriterConfig::sqlite_direct`, the default).
+    Direct,
+    /// The task engine through sqlx's SQLite driver.
+    Sqlx,
+}
+
 #[derive(Debug, Parser)]
-#[command(about = "Durable audit appends/s on SQLite: group commit vs one transaction per record")]
+#[command(about = "Durable audit appends on SQLite: group commit, one transaction per record, \
+                   and the latency of one append")]
 struct Args {
     /// Records appended with group commit.
     #[arg(long, default_value_t = 100_000)]
     records: u64,
-    /// Records appended in the baseline (one transaction, one fsync, per record).
+    /// Records appended in the baseline (one transaction per record).
     #[arg(long, default_value_t = 2_000)]
     baseline_records: u64,
     /// Concurrent appenders.
     #[arg(long, default_value_t = 64)]
     producers: u64,
+    /// Appends timed one at a time for the latency figure (0: skip).
+    #[arg(long, default_value_t = 2_000)]
+    latency_appends: u64,
+    /// Idle time between two timed appends, µs.
+    #[arg(long, default_value_t = 1_000)]
+    latency_gap_us: u64,
+    /// Commit durabilities to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Sync::Normal, Sync::Full])]
+    sync: Vec<Sync>,
+    /// Writer engines to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Engine::Direct, Engine::Sqlx])]
+    engine: Vec<Engine>,
     /// Directory for the database files (default: a temp dir, removed at the end).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
@@ -66,18 +106,57 @@ fn event(i: u64) -> AuditEvent {
     e
 }
 
-/// Appends `records` with `producers` concurrent appenders; returns (records/s, seconds).
-async fn run(
+/// A writer on a fresh store; returns the store, the writer and the key that verifies it.
+async fn open(
     url: &str,
+    (sync, engine): (Sync, Engine),
+    max_batch: usize,
+) -> anyhow::Result<(AuditStore, AuditWriter, Arc<SigningKeyFile>)> {
+    let durability = match sync {
+        Sync::Normal => Durability::Normal,
+        Sync::Full => Durability::Full,
+    };
+    let store = AuditStore::connect_with(url, None, durability).await?;
+    let mut config = WriterConfig::new("bench");
+    config.max_batch = max_batch;
+    config.sqlite_direct = engine == Engine::Direct;
+    let signer = Arc::new(SigningKeyFile::from_seed(&[1; 32]));
+    let writer = AuditWriter::start(store.clone(), config, Some(signer.clone())).await?;
+    Ok((store, writer, signer))
+}
+
+/// Shuts the writer down and checks that the chain holds `records` records and verifies.
+async fn close(
+    store: AuditStore,
+    writer: AuditWriter,
+    signer: &SigningKeyFile,
+    records: u64,
+) -> anyhow::Result<()> {
+    writer
+        .shutdown()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut ring = portcullis_audit::KeyRing::new();
+    ring.add(signer.verifying_key());
+    let report = store.verify_chain("bench", &ring).await?;
+    anyhow::ensure!(
+        report.is_ok() && report.records == records,
+        "chain does not verify: {:?}",
+        report.problems
+    );
+    store.close().await;
+    Ok(())
+}
+
+/// Appends `records` with `producers` concurrent appenders; returns (records/s, seconds).
+async fn throughput(
+    url: &str,
+    sync: (Sync, Engine),
     records: u64,
     producers: u64,
     max_batch: usize,
 ) -> anyhow::Result<(f64, f64)> {
-    let store = AuditStore::connect(url).await?;
-    let mut config = WriterConfig::new("bench");
-    config.max_batch = max_batch;
-    let signer = Arc::new(SigningKeyFile::from_seed(&[1; 32]));
-    let writer = AuditWriter::start(store.clone(), config, Some(signer.clone())).await?;
+    let (store, writer, signer) = open(url, sync, max_batch).await?;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for p in 0..producers {
@@ -94,20 +173,60 @@ async fn run(
         t.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let secs = start.elapsed().as_secs_f64();
-    writer
-        .shutdown()
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut ring = portcullis_audit::KeyRing::new();
-    ring.add(signer.verifying_key());
-    let report = store.verify_chain("bench", &ring).await?;
-    anyhow::ensure!(
-        report.is_ok() && report.records == records,
-        "chain does not verify: {:?}",
-        report.problems
-    );
-    store.close().await;
+    close(store, writer, &signer, records).await?;
     Ok((records as f64 / secs, secs))
+}
+
+/// One append at a time with idle gaps between; (p50, p90, p99) of one append, µs.
+async fn latency(
+    url: &str,
+    sync: (Sync, Engine),
+    appends: u64,
+    gap: Duration,
+) -> anyhow::Result<Latency> {
+    let (store, writer, signer) = open(url, sync, 1_024).await?;
+    let mut micros = Vec::with_capacity(usize::try_from(appends).unwrap_or(0));
+    for i in 0..appends {
+        let e = event(i);
+        let start = Instant::now();
+        writer.append(e).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        micros.push(start.elapsed().as_secs_f64() * 1e6);
+        tokio::time::sleep(gap).await;
+    }
+    close(store, writer, &signer, appends).await?;
+    micros.sort_by(f64::total_cmp);
+    let at = |q: f64| micros[((micros.len() as f64 - 1.0) * q).round() as usize];
+    Ok(Latency {
+        appends,
+        p50_us: at(0.5),
+        p90_us: at(0.9),
+        p99_us: at(0.99),
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    appends: u64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Rate {
+    records: u64,
+    secs: f64,
+    records_per_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct SyncReport {
+    sync: Sync,
+    engine: Engine,
+    group_commit: Rate,
+    per_record_tx: Rate,
+    speedup: f64,
+    latency: Option<Latency>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,39 +237,79 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (group, group_secs) = rt.block_on(run(
-        &format!("sqlite://{}", dir.join("group.db").display()),
-        args.records,
-        args.producers,
-        1_024,
-    ))?;
-    let (single, single_secs) = rt.block_on(run(
-        &format!("sqlite://{}", dir.join("single.db").display()),
-        args.baseline_records,
-        args.producers,
-        1,
-    ))?;
+    let mut reports = Vec::new();
+    let combos = args
+        .sync
+        .iter()
+        .flat_map(|&sync| args.engine.iter().map(move |&engine| (sync, engine)));
+    for (sync, engine) in combos {
+        let name = format!("{sync:?}-{engine:?}").to_lowercase();
+        let url = |mode: &str| format!("sqlite://{}", dir.join(format!("{mode}-{name}.db")).display());
+        let (group, group_secs) = rt.block_on(throughput(
+            &url("group"),
+            (sync, engine),
+            args.records,
+            args.producers,
+            1_024,
+        ))?;
+        let (single, single_secs) = rt.block_on(throughput(
+            &url("single"),
+            (sync, engine),
+            args.baseline_records,
+            args.producers,
+            1,
+        ))?;
+        let latency = match args.latency_appends {
+            0 => None,
+            n => Some(rt.block_on(latency(
+                &url("latency"),
+                (sync, engine),
+                n,
+                Duration::from_micros(args.latency_gap_us),
+            ))?),
+        };
+        reports.push(SyncReport {
+            sync,
+            engine,
+            group_commit: Rate {
+                records: args.records,
+                secs: group_secs,
+                records_per_s: group,
+            },
+            per_record_tx: Rate {
+                records: args.baseline_records,
+                secs: single_secs,
+                records_per_s: single,
+            },
+            speedup: group / single,
+            latency,
+        });
+    }
     if args.json {
         println!(
             "{}",
-            serde_json::json!({
-                "group_commit": { "records": args.records, "secs": group_secs, "records_per_s": group },
-                "per_record_tx": { "records": args.baseline_records, "secs": single_secs, "records_per_s": single },
-                "producers": args.producers,
-                "speedup": group / single,
-            })
+            serde_json::json!({ "producers": args.producers, "runs": reports })
         );
-    } else {
-        println!("producers: {}", args.producers);
+        return Ok(());
+    }
+    println!("producers: {}", args.producers);
+    for r in &reports {
+        println!("sync {:?}, engine {:?}:", r.sync, r.engine);
         println!(
-            "group commit:        {:>10.0} records/s ({} records in {group_secs:.2} s)",
-            group, args.records
+            "  group commit:        {:>10.0} records/s ({} records in {:.2} s)",
+            r.group_commit.records_per_s, r.group_commit.records, r.group_commit.secs
         );
         println!(
-            "one tx per record:   {:>10.0} records/s ({} records in {single_secs:.2} s)",
-            single, args.baseline_records
+            "  one tx per record:   {:>10.0} records/s ({} records in {:.2} s)",
+            r.per_record_tx.records_per_s, r.per_record_tx.records, r.per_record_tx.secs
         );
-        println!("speedup:             {:>10.1}x", group / single);
+        println!("  speedup:             {:>10.1}x", r.speedup);
+        if let Some(l) = &r.latency {
+            println!(
+                "  one append (idle {} µs between): p50 {:.1} µs, p90 {:.1} µs, p99 {:.1} µs ({} appends)",
+                args.latency_gap_us, l.p50_us, l.p90_us, l.p99_us, l.appends
+            );
+        }
     }
     Ok(())
 }

@@ -1165,3 +1165,54 @@ async fn a_decision_on_one_replica_releases_the_call_held_on_another() {
     .execute(&admin_pool)
     .await;
 }
+
+#[tokio::test]
+async fn scanner_approve_action_holds_the_call_for_a_reviewer() {
+    // No rule holds fx__echo (allow-rest allows it); the PII scanner's `approve` action does.
+    let (gw, _bank) = setup("scanners: { pii: { request: approve } }\n").await;
+    let mut stream = modern_call(
+        &gw,
+        11,
+        "fx__echo",
+        json!({"text": "mail ada.lovelace@example.com"}),
+        None,
+    )
+    .await;
+    assert_eq!(stream.status, 200);
+    let pending = wait_for(&gw.base, "fx__echo", "pending").await;
+    let id = pending["id"].as_str().unwrap().to_owned();
+    assert_eq!(pending["rule_id"], "scanners:pii.email", "{pending}");
+    assert_eq!(pending["caller"]["agent"], "alice");
+    let shown = pending["presentation"].to_string();
+    assert!(!shown.contains("ada.lovelace@example.com"), "{shown}");
+    assert!(
+        pending["presentation"]["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["pointer"] == "/arguments/text"),
+        "the scanner's finding is shown: {shown}"
+    );
+    // Held: nothing answers before a reviewer decides.
+    let early = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+    assert!(early.is_err(), "{early:?}");
+
+    let (code, answer) = admin(
+        &gw.base,
+        "POST",
+        &format!("/approvals/{id}/approve"),
+        Some(DANA),
+        Some(json!({"reason": "known contact"})),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    let last = stream.until_response(&json!(11)).await.pop().unwrap();
+    let text = last["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the approved call ran: {last}"));
+    assert!(text.starts_with("mail "), "{text}");
+    let (_, shown) = admin(&gw.base, "GET", &format!("/approvals/{id}"), Some(VIC), None).await;
+    assert_eq!(shown["status"], "approved");
+    assert_eq!(shown["decisions"][0]["reviewer"], "dana");
+    gw.stop().await;
+}

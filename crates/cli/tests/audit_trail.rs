@@ -553,3 +553,125 @@ async fn postgres_store_records_calls_and_fails_closed_when_its_table_is_dropped
     .unwrap();
     admin.close().await;
 }
+
+/// Governed messages outside `tools/call`: a relayed server→client request, `server/discover`
+/// (answered by the gateway itself: one record) and `subscriptions/listen` (a decision record
+/// when it opens, an outcome record when it closes).
+#[tokio::test]
+async fn relayed_server_requests_discovery_and_listens_are_recorded() {
+    let dir = TempDir::new("audit-more");
+    let db = dir.0.join("gw.db");
+    let gw = gateway_with(&audit_yaml(&dir.0, &db, "")).await;
+
+    let discovered = modern(&gw, "/mcp", ALICE, 1, "server/discover", json!({})).await;
+    assert!(discovered.last().get("result").is_some(), "{discovered:?}");
+
+    // fx asks the (legacy) client for a sampling answer during a call; the gateway relays it.
+    let mut client = LegacyClient::connect(&gw, "/mcp/fx", ALICE, json!({"sampling": {}})).await;
+    let mut stream = client
+        .request_stream(
+            "tools/call",
+            json!({"name": "test_sampling", "arguments": {"prompt": "hi"}}),
+        )
+        .await;
+    let question = stream.next_request().await;
+    assert_eq!(question["method"], "sampling/createMessage");
+    client
+        .respond(
+            &question["id"],
+            json!({"role": "assistant", "content": {"type": "text", "text": "hello"}, "model": "m", "stopReason": "endTurn"}),
+        )
+        .await;
+    let last = stream
+        .until_response(&json!(client.last_id()))
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(last["result"]["content"][0]["text"], "LLM response: hello");
+
+    // A listen on the aggregate: acknowledged, then the client goes away.
+    let body = json!({
+        "jsonrpc": "2.0", "id": "sub-1", "method": "subscriptions/listen",
+        "params": {
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "0"}
+            },
+            "notifications": {"toolsListChanged": true}
+        }
+    });
+    let mut listen = post_stream(
+        &gw,
+        "/mcp",
+        Some(ALICE),
+        &[
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "subscriptions/listen"),
+        ],
+        body.to_string(),
+    )
+    .await;
+    let ack = listen.next().await;
+    assert_eq!(ack["method"], "notifications/subscriptions/acknowledged");
+    drop(listen);
+
+    let method = |e: &portcullis_audit::AuditEvent, m: &str| e.method.as_deref() == Some(m);
+    let r = records_until(&db, |r| {
+        r.iter()
+            .filter(|r| method(&r.event, "subscriptions/listen"))
+            .count()
+            == 2
+            && r.iter()
+                .any(|r| method(&r.event, "sampling/createMessage"))
+    })
+    .await;
+
+    let discover: Vec<_> = r
+        .iter()
+        .filter(|r| method(&r.event, "server/discover"))
+        .collect();
+    assert_eq!(discover.len(), 1, "one record for a request the gateway answers: {r:#?}");
+    let e = &discover[0].event;
+    assert_eq!(e.kind, RecordKind::Call);
+    assert_eq!(e.decision.as_deref(), Some("allow"));
+    assert_eq!(e.outcome, Some(Outcome::Ok));
+    assert_eq!(e.principal.agent.as_deref(), Some("alice"));
+    assert_eq!(e.client_era.as_deref(), Some(MODERN));
+
+    let sampling: Vec<_> = r
+        .iter()
+        .filter(|r| method(&r.event, "sampling/createMessage"))
+        .collect();
+    assert_eq!(sampling.len(), 1, "{r:#?}");
+    let e = &sampling[0].event;
+    assert_eq!(e.kind, RecordKind::Call);
+    assert_eq!(e.decision.as_deref(), Some("allow"));
+    assert_eq!(e.rule_id.as_deref(), Some("allow-all-test"));
+    assert_eq!(e.server.as_deref(), Some("fx"));
+    assert_eq!(e.principal.agent.as_deref(), Some("alice"));
+    assert!(e.session.is_some(), "the legacy client's session: {e:?}");
+    // It happened during the call, between the call's decision and outcome records.
+    let call_seqs: Vec<u64> = r
+        .iter()
+        .filter(|r| method(&r.event, "tools/call"))
+        .map(|r| r.seq)
+        .collect();
+    assert_eq!(call_seqs.len(), 2, "{r:#?}");
+    assert!(call_seqs[0] < sampling[0].seq && sampling[0].seq < call_seqs[1]);
+
+    let listens: Vec<_> = r
+        .iter()
+        .filter(|r| method(&r.event, "subscriptions/listen"))
+        .collect();
+    let (opened, closed) = (&listens[0].event, &listens[1].event);
+    assert_eq!(opened.decision.as_deref(), Some("allow"));
+    assert_eq!(opened.outcome, None, "the decision record when the listen opens");
+    assert_eq!(opened.server, None, "the aggregate listen spans servers");
+    assert!(
+        matches!(closed.outcome, Some(Outcome::Error { .. })),
+        "closed by the client leaving: {closed:?}"
+    );
+    assert_eq!(closed.trace_id, opened.trace_id);
+    gw.stop().await;
+}

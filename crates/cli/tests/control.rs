@@ -650,3 +650,328 @@ async fn kill_agent_ends_its_open_get_and_legacy_sse_streams() {
     assert!(next.is_err(), "bob's stream must stay open: {next:?}");
     gw.stop().await;
 }
+
+/// Opens a modern (2026-07-28) `subscriptions/listen` with `id` on `path` as `token`; the
+/// answer is read as it arrives.
+async fn listen(gw: &Gateway, path: &str, token: &str, id: &str, notifications: Value) -> EventStream {
+    let body = json!({
+        "jsonrpc": "2.0", "id": id, "method": "subscriptions/listen",
+        "params": {
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "0"}
+            },
+            "notifications": notifications
+        }
+    });
+    let stream = post_stream(
+        gw,
+        path,
+        Some(token),
+        &[
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "subscriptions/listen"),
+        ],
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(stream.status, 200);
+    stream
+}
+
+/// The listen's acknowledgement (its first message).
+async fn acknowledged(stream: &mut EventStream) -> Value {
+    let ack = stream.next().await;
+    assert_eq!(
+        ack["method"], "notifications/subscriptions/acknowledged",
+        "{ack}"
+    );
+    ack
+}
+
+/// The listen's last message (the answer to request `id`), after which its stream ends.
+async fn listen_ends(stream: &mut EventStream, id: &str) -> Value {
+    let last = stream.until_response(&json!(id)).await.pop().unwrap();
+    stream.closed().await;
+    last
+}
+
+#[tokio::test]
+async fn kill_server_ends_its_listen_stream() {
+    let gw = control_gateway().await;
+    let uri = "portcullis://fx/test://watched-resource";
+    // On the aggregate, a listen to fx only; on fx's own route, a forwarded listen.
+    let mut aggregate = listen(&gw, "/mcp", ALICE, "agg", json!({ "resourceSubscriptions": [uri] })).await;
+    let ack = acknowledged(&mut aggregate).await;
+    assert_eq!(
+        ack["params"]["notifications"]["resourceSubscriptions"],
+        json!([uri])
+    );
+    let mut direct = listen(&gw, "/mcp/fx", ALICE, "direct", json!({ "toolsListChanged": true })).await;
+    acknowledged(&mut direct).await;
+
+    kill(&gw, "server", Some("fx")).await;
+    for (stream, id) in [(&mut aggregate, "agg"), (&mut direct, "direct")] {
+        let last = listen_ends(stream, id).await;
+        assert_eq!(last["error"]["code"], -31012, "{id}: {last}");
+        assert_eq!(last["error"]["data"]["rule"], "kill:server:fx", "{id}: {last}");
+    }
+
+    // While fx is killed: its route refuses a listen, the aggregate grants nothing of fx.
+    let refused = modern(
+        &gw,
+        "/mcp/fx",
+        ALICE,
+        9,
+        "subscriptions/listen",
+        json!({ "notifications": { "toolsListChanged": true } }),
+    )
+    .await;
+    assert_eq!(error_code(&refused), Some(-31012), "{refused:?}");
+    let mut again = listen(&gw, "/mcp", ALICE, "again", json!({ "resourceSubscriptions": [uri] })).await;
+    let ack = acknowledged(&mut again).await;
+    assert_eq!(ack["params"]["notifications"]["resourceSubscriptions"], json!([]));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn kill_agent_ends_its_listen_stream() {
+    let gw = control_gateway().await;
+    let mut alices = listen(&gw, "/mcp", ALICE, "a", json!({ "toolsListChanged": true })).await;
+    acknowledged(&mut alices).await;
+    let mut bobs = listen(&gw, "/mcp", BOB, "b", json!({ "toolsListChanged": true })).await;
+    acknowledged(&mut bobs).await;
+
+    kill(&gw, "agent", Some("alice")).await;
+    let last = listen_ends(&mut alices, "a").await;
+    assert_eq!(last["error"]["code"], -31012, "{last}");
+    assert_eq!(last["error"]["data"]["rule"], "kill:agent:alice");
+    // Bob's listen stays open: nothing arrives, and it has not ended.
+    let next = tokio::time::timeout(Duration::from_millis(300), bobs.next()).await;
+    assert!(next.is_err(), "bob's listen must stay open: {next:?}");
+    // A new listen of alice is refused.
+    let refused = modern(
+        &gw,
+        "/mcp",
+        ALICE,
+        9,
+        "subscriptions/listen",
+        json!({ "notifications": { "toolsListChanged": true } }),
+    )
+    .await;
+    assert_eq!(error_code(&refused), Some(-31012), "{refused:?}");
+    gw.stop().await;
+}
+
+/// The JSON-RPC messages of an open SSE response, as they arrive.
+fn sse_messages(response: reqwest::Response) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+    use futures::StreamExt as _;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut body = response.bytes_stream();
+        let mut buffer = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n"));
+            while let Some(end) = buffer.find("\n\n") {
+                let event: String = buffer.drain(..end + 2).collect();
+                let data: Vec<&str> = event
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if let Ok(message) = serde_json::from_str::<Value>(&data.join("\n")) {
+                    let _ = tx.send(message);
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// How many `notifications/tools/list_changed` arrive on `messages` within `window` of the
+/// first one (which must come within [`PEER_WAIT`]).
+async fn list_changes(
+    messages: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    window: Duration,
+) -> usize {
+    let first = tokio::time::timeout(PEER_WAIT, messages.recv())
+        .await
+        .expect("a notification arrives")
+        .unwrap();
+    assert_eq!(first["method"], "notifications/tools/list_changed", "{first}");
+    let mut count = 1;
+    let deadline = tokio::time::Instant::now() + window;
+    while let Ok(Some(message)) = tokio::time::timeout_at(deadline, messages.recv()).await {
+        assert_eq!(message["method"], "notifications/tools/list_changed", "{message}");
+        count += 1;
+    }
+    count
+}
+
+/// Calls `tool` on the fixture itself (not through the gateway).
+async fn call_fixture_directly(gw: &Gateway, tool: &str) {
+    let body = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {
+            "name": tool, "arguments": {},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "test", "version": "0"}
+            }
+        }
+    });
+    let response = gw
+        .http
+        .post(&gw.fixture_url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", MODERN)
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", tool)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let answer = read_answer(response).await;
+    assert!(answer.last().get("result").is_some(), "{answer:?}");
+}
+
+/// Calls `tool` (which announces a change) through the gateway and checks it succeeded.
+async fn trigger(client: &mut LegacyClient<'_>, tool: &str) {
+    let answer = client
+        .request("tools/call", json!({ "name": tool, "arguments": {} }))
+        .await;
+    assert!(answer.last().get("result").is_some(), "{tool}: {answer:?}");
+}
+
+/// Triggers `tool` (a change on its server) until a list change reaches `messages` — a server's
+/// upstream session for this client opens its GET stream in the background — then lets the
+/// stream go quiet.
+async fn until_changes_flow(
+    client: &mut LegacyClient<'_>,
+    messages: &mut tokio::sync::mpsc::UnboundedReceiver<Value>,
+    tool: &str,
+) {
+    for _ in 0..40 {
+        trigger(client, tool).await;
+        if let Ok(Some(first)) =
+            tokio::time::timeout(Duration::from_millis(250), messages.recv()).await
+        {
+            assert_eq!(first["method"], "notifications/tools/list_changed", "{first}");
+            while let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(500), messages.recv()).await
+            {}
+            return;
+        }
+    }
+    panic!("{tool}'s list changes never reached the GET stream");
+}
+
+#[tokio::test]
+async fn kill_server_stops_its_notifications_on_the_aggregate_get_stream() {
+    // A second HTTP fixture, `fy`, next to `fx`: its changes keep flowing after fx is killed.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fy_url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(portcullis_fixture::serve_http(
+        listener,
+        portcullis_fixture::FixtureOptions {
+            demo: true,
+            ..Default::default()
+        },
+    ));
+    let gw = gateway_with_servers(&[("fy", format!("{{ url: {fy_url} }}"))], &control_yaml("")).await;
+    let mut client = LegacyClient::connect(&gw, "/mcp", ALICE, json!({})).await;
+    let get = gw
+        .http
+        .get(format!("{}/mcp", gw.base))
+        .bearer_auth(ALICE)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &client.session)
+        .header("mcp-protocol-version", LEGACY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    let mut messages = sse_messages(get);
+    let window = Duration::from_millis(500);
+    // Before the kill, both servers' list changes reach the stream; one change of fy is
+    // counted (an upstream may announce a change on more than one of its sessions).
+    until_changes_flow(&mut client, &mut messages, "fx__test_trigger_tool_change").await;
+    until_changes_flow(&mut client, &mut messages, "fy__test_trigger_tool_change").await;
+    trigger(&mut client, "fy__test_trigger_tool_change").await;
+    let from_fy = list_changes(&mut messages, window).await;
+
+    // After fx is killed, its change (made on the fixture directly: nobody may call fx through
+    // the gateway now) no longer arrives; fy's still do, and the stream stays open.
+    kill(&gw, "server", Some("fx")).await;
+    call_fixture_directly(&gw, "test_trigger_tool_change").await;
+    trigger(&mut client, "fy__test_trigger_tool_change").await;
+    let after = list_changes(&mut messages, window).await;
+    assert_eq!(after, from_fy, "only fy's change arrives after the kill");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn revoked_task_token_ends_its_calls_in_flight() {
+    let gw = control_gateway().await;
+    let (token, id) = issue(&gw, ALICE, json!({ "ttl": "10m" })).await;
+    let mut client = LegacyClient::connect(&gw, "/mcp", &token, json!({ "sampling": {} })).await;
+    // Open on the token: the session's GET stream, a listen, and a call waiting for the
+    // client's sampling answer.
+    let get = gw
+        .http
+        .get(format!("{}/mcp", gw.base))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &client.session)
+        .header("mcp-protocol-version", LEGACY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    let mut listening = listen(&gw, "/mcp", &token, "task", json!({ "toolsListChanged": true })).await;
+    acknowledged(&mut listening).await;
+    let mut stream = client
+        .request_stream(
+            "tools/call",
+            json!({ "name": "fx__test_sampling", "arguments": { "prompt": "hold on" } }),
+        )
+        .await;
+    assert_eq!(stream.next_request().await["method"], "sampling/createMessage");
+    // Someone else's call is not affected.
+    let mut bob = LegacyClient::connect(&gw, "/mcp", BOB, json!({ "sampling": {} })).await;
+    let mut bobs = bob
+        .request_stream(
+            "tools/call",
+            json!({ "name": "fx__test_sampling", "arguments": { "prompt": "mine" } }),
+        )
+        .await;
+    let bobs_question = bobs.next_request().await;
+
+    let (status, _, body) = admin(&gw, "DELETE", &format!("/tokens/{id}"), Some(ALICE), None).await;
+    assert_eq!(status, 200, "{body}");
+
+    let call_id = json!(client.last_id());
+    let last = stream.until_response(&call_id).await.pop().unwrap();
+    assert_eq!(last["error"]["code"], -31014, "{last}");
+    let message = last["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&id) && message.contains("revoked"), "{message}");
+    assert_eq!(last["error"]["data"]["rule"], format!("task-token:{id}"));
+    let last = listen_ends(&mut listening, "task").await;
+    assert_eq!(last["error"]["code"], -31014, "{last}");
+    body_ends(get).await;
+
+    bob.respond(
+        &bobs_question["id"],
+        json!({ "role": "assistant", "content": { "type": "text", "text": "ok" }, "model": "m", "stopReason": "endTurn" }),
+    )
+    .await;
+    let bobs_last = bobs.until_response(&json!(bob.last_id())).await.pop().unwrap();
+    assert_eq!(
+        bobs_last["result"]["content"][0]["text"], "LLM response: ok",
+        "{bobs_last}"
+    );
+    gw.stop().await;
+}

@@ -878,3 +878,223 @@ async fn scan_command_reports_poisoning_with_severity_and_exit_codes() {
         portcullis_async(&["scan", "--url", "http://127.0.0.1:9/mcp", "--timeout", "5"]).await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Findings in the audit trail; server→client requests
+// ---------------------------------------------------------------------------------------------
+
+/// The trail as `portcullis audit export` (the real binary) prints it, one JSON record per line.
+async fn exported(storage: &str) -> Vec<Value> {
+    let out = portcullis_async(&["audit", "--storage", storage, "export"]).await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    stdout(&out)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// Polls the exported trail until a record satisfies `matches` (some records are committed in
+/// the background); returns it.
+async fn exported_record(storage: &str, matches: impl Fn(&Value) -> bool) -> Value {
+    let found = poll(Duration::from_secs(10), || async {
+        exported(storage).await.into_iter().find(|r| matches(r))
+    })
+    .await;
+    match found {
+        Some(record) => record,
+        None => panic!(
+            "no such record in the exported trail: {:#?}",
+            exported(storage).await
+        ),
+    }
+}
+
+fn has_finding(record: &Value, rule_prefix: &str, location: &str) -> bool {
+    record["findings"].as_array().is_some_and(|findings| {
+        findings.iter().any(|f| {
+            f["rule"].as_str().is_some_and(|r| r.starts_with(rule_prefix))
+                && f["location"] == location
+                && f["severity"].as_str().is_some()
+        })
+    })
+}
+
+#[tokio::test]
+async fn result_findings_and_rug_pull_alerts_reach_the_exported_audit_trail() {
+    let (data_url, _data) = fixture(FixtureOptions {
+        data_tools: true,
+        ..Default::default()
+    })
+    .await;
+    let (rug_url, _rug) = fixture(FixtureOptions {
+        rug_pull_after: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let storage = format!("sqlite://{}", fresh_store_path().display());
+    let gw = gateway_with_servers(
+        &[("data", server(&data_url)), ("rug", server(&rug_url))],
+        &format!("storage: \"{storage}\"\n"),
+    )
+    .await;
+
+    // A result carrying an injection is blocked: the call's outcome record names the finding
+    // (rule, severity, where in the result), never the text.
+    let answer = call(
+        &gw,
+        "/mcp",
+        1,
+        "data__fetch_page",
+        json!({"url": "https://example.com"}),
+    )
+    .await;
+    assert_eq!(error_of(&answer)["code"], SCAN_BLOCKED, "{answer:?}");
+    let outcome = exported_record(&storage, |r| {
+        r["kind"] == "call" && r["tool"] == "data__fetch_page" && !r["outcome"].is_null()
+    })
+    .await;
+    assert_eq!(outcome["outcome"]["code"], SCAN_BLOCKED, "{outcome}");
+    assert!(
+        has_finding(&outcome, "injection", "/content/0/text"),
+        "the result's finding is on the outcome record: {outcome}"
+    );
+    assert!(!outcome.to_string().contains("id_rsa"), "{outcome}");
+    let decision = exported_record(&storage, |r| {
+        r["kind"] == "call" && r["tool"] == "data__fetch_page" && r["outcome"].is_null()
+    })
+    .await;
+    assert_eq!(
+        decision["findings"],
+        json!([]),
+        "nothing was found in the arguments: {decision}"
+    );
+
+    // A rug pull: the changed tool is quarantined and an alert record says so, with the
+    // definition's hashes and the poisoning findings.
+    assert!(
+        list_tools(&gw, "/mcp", 2)
+            .await
+            .contains(&"rug__translate".to_owned())
+    );
+    assert!(
+        !list_tools(&gw, "/mcp", 3)
+            .await
+            .contains(&"rug__translate".to_owned())
+    );
+    let alert = exported_record(&storage, |r| {
+        r["kind"] == "alert" && r["tool"] == "rug__translate"
+    })
+    .await;
+    assert_eq!(alert["server"], "rug");
+    assert_eq!(alert["decision"], "quarantine");
+    assert_eq!(alert["rule_id"], "pin:changed");
+    assert_eq!(alert["method"], "tools/list");
+    let findings = alert["findings"].as_array().unwrap();
+    let pin = findings
+        .iter()
+        .find(|f| f["rule"] == "metadata.changed")
+        .unwrap_or_else(|| panic!("{alert}"));
+    assert!(
+        pin["location"]
+            .as_str()
+            .is_some_and(|l| l.starts_with("tool translate (sha256 ") && l.contains(" → ")),
+        "{pin}"
+    );
+    assert!(
+        findings.len() > 1,
+        "the changed description's poisoning findings come along: {alert}"
+    );
+    // The alert is raised once: listing again adds none.
+    list_tools(&gw, "/mcp", 4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let alerts = exported(&storage)
+        .await
+        .into_iter()
+        .filter(|r| r["kind"] == "alert" && r["tool"] == "rug__translate")
+        .count();
+    assert_eq!(alerts, 1);
+
+    // The chain with its new kind of record still verifies.
+    let verified = portcullis_async(&["audit", "--storage", &storage, "verify"]).await;
+    assert_eq!(verified.status.code(), Some(0), "{verified:?}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn sampling_request_with_an_email_is_redacted_in_place_and_a_secret_is_refused() {
+    let storage = format!("sqlite://{}", fresh_store_path().display());
+    // Arguments pass (flag), so the fixture's sampling request carries what the prompt said;
+    // the server's request is then screened on its way to the client (response direction:
+    // PII redacted, secrets blocked — the defaults).
+    let gw = gateway_with(&format!(
+        "storage: \"{storage}\"\nscanners: {{ pii: {{ request: flag }}, secrets: {{ request: flag }} }}\n"
+    ))
+    .await;
+    let mut client = LegacyClient::connect(&gw, "/mcp/fx", ALICE, json!({"sampling": {}})).await;
+    let mut stream = client
+        .request_stream(
+            "tools/call",
+            json!({"name": "test_sampling", "arguments": {"prompt": "Write to ada.lovelace@example.com about the invoice"}}),
+        )
+        .await;
+    let question = stream.next_request().await;
+    assert_eq!(question["method"], "sampling/createMessage");
+    let text = question["params"]["messages"][0]["content"]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the request keeps its shape: {question}"));
+    assert_eq!(text, "Write to [REDACTED:email] about the invoice");
+    assert_eq!(question["params"]["maxTokens"], 100, "{question}");
+    assert_eq!(question["params"]["messages"][0]["role"], "user");
+    client
+        .respond(
+            &question["id"],
+            json!({"role": "assistant", "content": {"type": "text", "text": "Sent."}, "model": "test", "stopReason": "endTurn"}),
+        )
+        .await;
+    let messages = stream.until_response(&json!(client.last_id())).await;
+    let result = &messages.last().unwrap()["result"];
+    assert_eq!(result["content"][0]["text"], "LLM response: Sent.", "{messages:?}");
+    let relayed = exported_record(&storage, |r| {
+        r["method"] == "sampling/createMessage" && r["decision"] == "allow"
+    })
+    .await;
+    assert_eq!(relayed["kind"], "call");
+    assert_eq!(relayed["server"], "fx");
+    assert_eq!(relayed["principal"]["agent"], "alice");
+    assert!(
+        has_finding(&relayed, "pii", "/messages/0/content/text"),
+        "{relayed}"
+    );
+
+    // A secret in the server's request is not rewritten but refused: the client is never
+    // asked, and the upstream gets the scanners' error.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.request(
+            "tools/call",
+            json!({"name": "test_sampling", "arguments": {"prompt": "use key AKIAZ3MN7QW2ERTY5UIO"}}),
+        ),
+    )
+    .await
+    .expect("the call ends without asking the client");
+    assert!(
+        answer
+            .messages
+            .iter()
+            .all(|m| m["method"] != "sampling/createMessage"),
+        "{answer:?}"
+    );
+    let text = answer.last().to_string();
+    assert!(!text.contains("AKIAZ3MN"), "{text}");
+    assert!(text.contains("blocked by the gateway's scanners"), "{text}");
+    let refused = exported_record(&storage, |r| {
+        r["method"] == "sampling/createMessage" && r["kind"] == "denial"
+    })
+    .await;
+    assert_eq!(refused["outcome"]["code"], SCAN_BLOCKED, "{refused}");
+    assert!(
+        has_finding(&refused, "secret", "/messages/0/content/text"),
+        "{refused}"
+    );
+    gw.stop().await;
+}

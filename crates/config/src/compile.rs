@@ -293,7 +293,16 @@ impl Cx<'_> {
 
     fn compile(&mut self, raw: RawConfig) -> Config {
         let listen = self.listen(raw.listen.as_deref());
-        let public_url = self.public_url(raw.public_url.as_deref(), listen);
+        let mut public_url = self.public_url(raw.public_url.as_deref(), listen);
+        let tls = crate::tls::compile(
+            raw.tls,
+            &crate::tls::TlsEnv {
+                base_dir: self.base_dir.as_deref(),
+                public_url_explicit: raw.public_url.is_some(),
+            },
+            &mut public_url,
+            &mut self.errors,
+        );
         let storage = self.storage(raw.storage.as_deref());
         let allowed_origins = self.origins(raw.allowed_origins.unwrap_or_default());
         let limits = self.limits(raw.limits.unwrap_or_default());
@@ -323,6 +332,15 @@ impl Cx<'_> {
             },
             &mut self.errors,
         );
+        let telemetry = crate::telemetry::compile(
+            raw.telemetry,
+            &crate::telemetry::TelemetryEnv {
+                var: &|name| self.loader.var(name),
+                base_dir: self.base_dir.as_deref(),
+            },
+            &mut self.errors,
+            &mut self.warnings,
+        );
 
         Config {
             listen: listen.unwrap_or_else(default_listen),
@@ -339,6 +357,8 @@ impl Cx<'_> {
             approvals,
             audit,
             scanners,
+            telemetry,
+            tls,
             warnings: std::mem::take(&mut self.warnings),
         }
     }
@@ -795,6 +815,18 @@ impl Cx<'_> {
     }
 
     fn credentials(&mut self, path: &str, raw: raw::RawCredentials) -> Option<Credentials> {
+        if let Some(oauth) = raw.oauth_client_credentials {
+            if raw.bearer_env.is_some() || raw.bearer_file.is_some() || raw.headers.is_some() {
+                self.error(
+                    path,
+                    "set exactly one of bearer_env, bearer_file, headers or oauth_client_credentials",
+                );
+                return None;
+            }
+            let path = format!("{path}.oauth_client_credentials");
+            return crate::upstream_oauth::compile(self, &path, oauth)
+                .map(Credentials::OAuthClientCredentials);
+        }
         match (raw.bearer_env, raw.bearer_file, raw.headers) {
             (Some(var), None, None) => {
                 let secret = self.env_secret(&format!("{path}.bearer_env"), &var)?;
@@ -837,7 +869,7 @@ impl Cx<'_> {
             _ => {
                 self.error(
                     path,
-                    "set exactly one of bearer_env, bearer_file or headers",
+                    "set exactly one of bearer_env, bearer_file, headers or oauth_client_credentials",
                 );
                 None
             }
@@ -1186,5 +1218,17 @@ pub fn mask_url_password(text: &str) -> String {
     match userinfo.split_once(':') {
         Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
         None => text.to_owned(),
+    }
+}
+
+impl crate::upstream_oauth::SecretResolver for Cx<'_> {
+    fn error(&mut self, path: String, message: String) {
+        Cx::error(self, path, message);
+    }
+    fn env_secret(&mut self, path: &str, var: &str) -> Option<Secret> {
+        Cx::env_secret(self, path, var)
+    }
+    fn file_secret(&mut self, path: &str, file: PathBuf) -> Option<Secret> {
+        Cx::file_secret(self, path, file)
     }
 }

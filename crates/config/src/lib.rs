@@ -27,6 +27,9 @@ mod control;
 pub mod raw;
 pub mod scanners;
 pub mod sinks;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream_oauth;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -38,6 +41,7 @@ pub use audit::{AuditConfig, AuditRetention, AuditSync, OnAuditFailure};
 pub use compile::{Loader, from_yaml, load, mask_url_password};
 pub use control::{AdminConfig, AdminRole, AdminToken, RateBucket, RateLimit};
 pub use scanners::ScannersConfig;
+pub use upstream_oauth::OAuthClientCredentials;
 pub use watch::{WatchError, watch};
 
 /// The compiled, validated runtime configuration.
@@ -73,6 +77,10 @@ pub struct Config {
     pub audit: AuditConfig,
     /// `scanners:`: the action for each finding category, direction and server; pinning.
     pub scanners: ScannersConfig,
+    /// `telemetry:`: OpenTelemetry traces over OTLP (off unless `otlp_traces` is set).
+    pub telemetry: telemetry::TelemetryConfig,
+    /// `tls:`: serve HTTPS, optionally with client certificates (`None`: plain HTTP).
+    pub tls: Option<tls::TlsConfig>,
     warnings: Vec<String>,
 }
 
@@ -94,6 +102,8 @@ impl std::fmt::Debug for Config {
             .field("approvals", &self.approvals)
             .field("audit", &self.audit)
             .field("scanners", &self.scanners)
+            .field("telemetry", &self.telemetry)
+            .field("tls", &self.tls)
             .field("warnings", &self.warnings)
             .finish()
     }
@@ -142,6 +152,9 @@ pub enum Credentials {
     Bearer(Secret),
     /// Arbitrary headers (e.g. `X-Api-Key`).
     Headers(BTreeMap<String, Secret>),
+    /// `Authorization: Bearer <token>`, the token obtained (and cached, refreshed) with the
+    /// OAuth client-credentials grant.
+    OAuthClientCredentials(OAuthClientCredentials),
 }
 
 /// A secret value: prints as `***`, compares by value.

@@ -54,6 +54,10 @@ pub struct RawConfig {
     pub admin: Option<crate::control::RawAdmin>,
     /// How calls that need approval are held and announced ([`crate::approvals::RawApprovals`]).
     pub approvals: Option<crate::approvals::RawApprovals>,
+    /// OpenTelemetry traces over OTLP ([`crate::telemetry::RawTelemetry`]).
+    pub telemetry: Option<crate::telemetry::RawTelemetry>,
+    /// HTTPS on the listener and client certificates ([`crate::tls::RawTls`]).
+    pub tls: Option<crate::tls::RawTls>,
 }
 
 /// One entry of `rules:`: an `id` and exactly one of `allow`, `deny` or `approve`.
@@ -184,6 +188,8 @@ pub struct RawCredentials {
     pub bearer_file: Option<PathBuf>,
     /// Arbitrary headers (e.g. `X-Api-Key`), each value from an environment variable or a file.
     pub headers: Option<UniqueMap<RawSecretSource>>,
+    /// A token from the OAuth client-credentials grant (see [`crate::upstream_oauth`]).
+    pub oauth_client_credentials: Option<crate::upstream_oauth::RawOAuthClientCredentials>,
 }
 
 /// Where a secret comes from: set exactly one of `env` or `file`.

@@ -593,8 +593,8 @@ fn http_servers_and_credentials() {
         servers.b.credentials.bearer_env: environment variable EMPTY is empty
         servers.c.credentials.bearer_env: the value contains control characters and cannot be sent in a header
         servers.d.credentials.bearer_file: cannot read /nonexistent/portcullis-token: No such file or directory (os error 2)
-        servers.e.credentials: set exactly one of bearer_env, bearer_file or headers
-        servers.f.credentials: set exactly one of bearer_env, bearer_file or headers
+        servers.e.credentials: set exactly one of bearer_env, bearer_file, headers or oauth_client_credentials
+        servers.f.credentials: set exactly one of bearer_env, bearer_file, headers or oauth_client_credentials
         servers.g.credentials.headers.Host: is set by the gateway and cannot be configured
         servers.g.credentials.headers.Bad Name: invalid HTTP header name
         servers.h.url: must not contain credentials; use credentials: instead

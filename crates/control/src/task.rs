@@ -21,6 +21,7 @@ use portcullis_store::{Store, on_pool, unix_now};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+use tokio::sync::watch;
 
 use crate::ControlError;
 
@@ -172,6 +173,10 @@ pub struct TaskTokens {
     store: Store,
     /// Live tokens by the SHA-256 of their secret.
     by_digest: RwLock<HashMap<[u8; 32], Arc<TaskScope>>>,
+    /// Bumped whenever this process learns of a revocation (its own or, at a refresh, another
+    /// replica's): calls and streams in flight on a task token wait on it
+    /// ([`wait_for_revocation`]).
+    revocations: watch::Sender<u64>,
 }
 
 /// Tokens expired longer ago than this are dropped from memory (they stay in the store).
@@ -186,6 +191,7 @@ impl TaskTokens {
         let tokens = TaskTokens {
             store,
             by_digest: RwLock::new(HashMap::new()),
+            revocations: watch::channel(0).0,
         };
         tokens.refresh().await?;
         Ok(tokens)
@@ -359,9 +365,16 @@ impl TaskTokens {
         let scope = self.get(id).await?;
         if let Some(scope) = &scope {
             scope.revoked.store(true, Ordering::Release);
+            self.revocations.send_modify(|n| *n += 1);
             tracing::info!(id, agent = %scope.agent, "task token revoked");
         }
         Ok(scope)
+    }
+
+    /// A receiver that sees every revocation this process learns of; see
+    /// [`wait_for_revocation`].
+    pub fn subscribe_revocations(&self) -> watch::Receiver<u64> {
+        self.revocations.subscribe()
     }
 
     /// The token with this id (from memory, else the store), revoked or expired included.
@@ -416,12 +429,13 @@ impl TaskTokens {
         });
         let mut map = self.by_digest.write().expect("poisoned");
         let mut fresh = HashMap::with_capacity(rows.len());
+        let mut newly_revoked = false;
         for (digest, stored) in rows {
             let scope = match map.remove(&digest) {
                 Some(known) => {
                     known.used.fetch_max(stored.calls_used(), Ordering::AcqRel);
-                    if stored.is_revoked() {
-                        known.revoked.store(true, Ordering::Release);
+                    if stored.is_revoked() && !known.revoked.swap(true, Ordering::AcqRel) {
+                        newly_revoked = true;
                     }
                     known
                 }
@@ -430,6 +444,10 @@ impl TaskTokens {
             fresh.insert(digest, scope);
         }
         *map = fresh;
+        drop(map);
+        if newly_revoked {
+            self.revocations.send_modify(|n| *n += 1);
+        }
         Ok(())
     }
 
@@ -443,6 +461,20 @@ impl TaskTokens {
                 .transpose()?
         });
         Ok(found.map(|(_, scope)| scope))
+    }
+}
+
+/// Waits until `scope` is revoked (checked first, then at every revocation published on
+/// `revocations`). Pending forever if the sender is gone (the gateway is stopping anyway).
+pub async fn wait_for_revocation(revocations: &mut watch::Receiver<u64>, scope: &TaskScope) {
+    loop {
+        revocations.borrow_and_update();
+        if scope.is_revoked() {
+            return;
+        }
+        if revocations.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 

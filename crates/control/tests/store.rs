@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use portcullis_config::{RateBucket, RateLimit};
 use portcullis_control::kill::{Scope, Target, wait_for_kill};
-use portcullis_control::task::{IssueRequest, ScopeError, TokenRefusal};
+use portcullis_control::task::{IssueRequest, ScopeError, TokenRefusal, wait_for_revocation};
 use portcullis_control::{CallFacts, Control, Refusal};
 use portcullis_store::{Store, on_pool};
 
@@ -214,8 +214,22 @@ async fn token_lifecycle(a: Store, b: Store) {
         Err(Refusal::OutOfScope(ScopeError::Server { .. }))
     ));
 
-    // Revocation: at once here, at the next refresh on the other replica.
+    // Revocation: at once here, at the next refresh on the other replica; calls and streams
+    // in flight on the token (waiting on the revocation watch) wake on both.
+    let waiter = |control: &Control, scope: Arc<portcullis_control::task::TaskScope>| {
+        let mut revocations = control.tokens.subscribe_revocations();
+        tokio::spawn(async move { wait_for_revocation(&mut revocations, &scope).await })
+    };
+    let here_waits = waiter(&control, found.clone());
+    let there_waits = waiter(&other, there.clone());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!here_waits.is_finished() && !there_waits.is_finished());
     control.tokens.revoke(&scope.id).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), here_waits)
+        .await
+        .expect("a waiter on this replica wakes at the revocation")
+        .unwrap();
+    assert!(!there_waits.is_finished(), "the other replica learns at its refresh");
     assert_eq!(
         control
             .tokens
@@ -225,6 +239,10 @@ async fn token_lifecycle(a: Store, b: Store) {
         TokenRefusal::Revoked
     );
     other.refresh().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), there_waits)
+        .await
+        .expect("a waiter on the other replica wakes at its refresh")
+        .unwrap();
     assert_eq!(
         other
             .tokens

@@ -15,6 +15,7 @@
 //! - [`tool_schemas`]: tool schemas with header-mirrored parameters, learned from lists.
 //! - [`scanning`]: content scanners on the data plane, tool metadata poisoning, tool pins.
 //! - [`approval`]: approval gates: held calls, reviewers' routes, the chat webhook.
+//! - [`telemetry`]: OpenTelemetry spans of governed requests, exported over OTLP/HTTP.
 
 pub mod admin;
 pub mod approval;
@@ -30,5 +31,7 @@ pub mod serve;
 pub mod session;
 pub mod state;
 pub mod stream_log;
+pub mod telemetry;
+pub mod tls;
 pub mod tool_schemas;
 pub mod upstream;

@@ -89,6 +89,7 @@ pub async fn start_on(
             export.stop().await; // before the audit store closes; cursors are persisted
         }
         state.shutdown().await;
+        state.telemetry.shutdown().await; // queued spans sent (bounded wait)
         result.map_err(anyhow::Error::from)
     });
     Ok(Running {
@@ -123,6 +124,9 @@ async fn watch_config(gateway: Arc<Gateway>, path: std::path::PathBuf) {
     while let Some(revision) = revisions.recv().await {
         match revision {
             Ok(config) => {
+                if config.telemetry != gateway.runtime().config.telemetry {
+                    tracing::warn!("telemetry changed in the config file; it takes effect only after a restart");
+                }
                 if config.listen != gateway.runtime().config.listen {
                     tracing::warn!(
                         "listen address changed in the config file; it takes effect only after a restart"

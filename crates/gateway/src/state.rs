@@ -65,6 +65,8 @@ pub struct Gateway {
     pub control: Arc<portcullis_control::Control>,
     /// Approval requests (issue 6): held calls of this process, the approvals store.
     pub approvals: crate::approval::Approvals,
+    /// OpenTelemetry traces (`telemetry:`); off unless configured. Fixed at start.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl Gateway {
@@ -82,6 +84,7 @@ impl Gateway {
         let mut cursor_key = [0u8; 32];
         rand::rng().fill_bytes(&mut cursor_key);
         let approvals = crate::approval::Approvals::new(store.clone(), http.clone());
+        let telemetry = crate::telemetry::Telemetry::start(&config.telemetry, audit.metrics());
         Arc::new(Gateway {
             runtime: RwLock::new(Arc::new(Runtime {
                 auth: Arc::new(
@@ -105,6 +108,7 @@ impl Gateway {
             scanning: Default::default(),
             approvals,
             control,
+            telemetry,
         })
     }
 

@@ -203,6 +203,9 @@ struct Prepared {
     hits: Vec<prefilter::Hit>,
 }
 
+/// Largest normalized-view buffer a thread keeps between scans.
+const RETAINED_BUFFER: usize = 1 << 20;
+
 thread_local! {
     /// Buffers reused across calls on one thread, so a scan allocates nothing for them.
     static PREPARED: std::cell::RefCell<Prepared> = std::cell::RefCell::default();
@@ -219,7 +222,13 @@ fn with_prepared<R>(text: &str, lexicon: &prefilter::Lexicon, f: impl FnOnce(&Pr
     PREPARED.with(|cell| match cell.try_borrow_mut() {
         Ok(mut p) => {
             fill(&mut p);
-            f(&p)
+            let out = f(&p);
+            // Keep no more than 1 MiB per thread after an unusually large text.
+            if p.lower.capacity() > RETAINED_BUFFER {
+                p.lower = Vec::new();
+                p.hits = Vec::new();
+            }
+            out
         }
         Err(_) => {
             let mut p = Prepared::default();

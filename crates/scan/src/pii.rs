@@ -1,14 +1,18 @@
 //! Personal data: emails, phone numbers, US SSNs, payment cards (Luhn), IBANs (mod-97), IP
 //! addresses, dates of birth and passport-like numbers, each its own [`Category`].
 //!
-//! Numbers are found in one pass: a single regex yields "numeric runs" (digit groups joined by
-//! one space, dot, dash or parentheses, with an optional leading `+`), and each run is
-//! classified by structure and checksum. A hand-written byte scan runs that regex only inside
-//! stretches of number characters holding enough digits to matter (7, or 4 with 3 dots for an
-//! IPv4 address); IBANs are tried only where two letters meet two digits, and the date-of-birth
-//! and passport patterns only when one Aho-Corasick pass finds their keywords. Checksums (Luhn, mod-97), octet ranges and SSN
-//! validity rules keep random identifiers out. Unseparated digit runs count as phone numbers
-//! only after a phone keyword or a `+`.
+//! Numbers are found in one pass: a "numeric run" pattern (digit groups joined by one space,
+//! dot, dash or parentheses, with an optional leading `+`) is matched, and each run is
+//! classified by structure and checksum. A byte scan looks for runs only inside stretches of
+//! number characters holding enough digits to matter (7, or 4 with 3 dots for an IPv4
+//! address); emails only around `@`. Both of these patterns are matched by hand-written code
+//! that gives exactly the regex's matches ([`matchers`]), since they run on most tool results.
+//! IBANs are tried only where two letters meet two digits, and the date-of-birth and passport
+//! patterns only in windows after their keywords (found by the shared prefilter). Checksums
+//! (Luhn, mod-97), octet ranges and SSN validity rules keep random identifiers out.
+//! Unseparated digit runs count as phone numbers only after a phone keyword or a `+`.
+
+mod matchers;
 
 use regex::bytes::Regex;
 
@@ -19,8 +23,6 @@ use crate::{Category, Finding, ScanError, Severity, bytes_regex, char_span};
 /// Compiled PII patterns.
 #[derive(Debug)]
 pub struct PiiDetector {
-    email: Regex,
-    numeric: Regex,
     /// The IBAN pattern anchored at the start, for candidate positions.
     iban_at: Regex,
     /// The keyword anchors, for scanning without the shared prefilter.
@@ -35,14 +37,6 @@ impl PiiDetector {
     /// Compile the patterns.
     pub fn new() -> Result<Self, ScanError> {
         Ok(PiiDetector {
-            email: bytes_regex(
-                "pii.email",
-                r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}\b",
-            )?,
-            numeric: bytes_regex(
-                "pii.numeric",
-                r"(?:\+ ?)?(?:\(\d{1,5}\) ?)?\d+(?:(?:[ .\-]|\) ?| ?\(|[ .\-]\()\d+\)?)*(?: ?(?:x|ext\.?) ?\d{1,5}\b)?",
-            )?,
             iban_at: bytes_regex(
                 "pii.iban",
                 r"^(?:\b[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,3})?\b)",
@@ -98,8 +92,8 @@ impl PiiDetector {
             }
             let (s, e) = prefilter::window(text, at, 65, 260);
             let mut from = s;
-            while let Some(m) = self.email.find_at(&bytes[..e], from) {
-                if m.start() > at {
+            while let Some((ms, me)) = matchers::email_find(&bytes[..e], from) {
+                if ms > at {
                     break;
                 }
                 push(
@@ -108,12 +102,12 @@ impl PiiDetector {
                     Category::Email,
                     "pii.email",
                     Severity::Medium,
-                    m.start(),
-                    m.end(),
+                    ms,
+                    me,
                 );
-                done_to = m.end();
-                from = m.end().max(from + 1);
-                if m.end() > at {
+                done_to = me;
+                from = me.max(from + 1);
+                if me > at {
                     break;
                 }
             }
@@ -266,14 +260,9 @@ impl PiiDetector {
             }
             if digits >= 7 || (digits >= 4 && dots >= 3) {
                 let mut pos = s;
-                while pos < e {
-                    match self.numeric.find_at(bytes, pos) {
-                        Some(m) if m.start() < e => {
-                            self.classify_numeric(text, m.start(), m.end(), out);
-                            pos = m.end().max(pos + 1);
-                        }
-                        _ => break,
-                    }
+                while let Some((ms, me)) = matchers::numeric_find(bytes, pos, e) {
+                    self.classify_numeric(text, ms, me, out);
+                    pos = me.max(pos + 1);
                 }
             }
             i = e.max(i + 1);
@@ -361,7 +350,8 @@ impl PiiDetector {
         if is_date_like(run) {
             return;
         }
-        let keyword = {
+        // A phone keyword in the 40 bytes before: looked for only when nothing else decides.
+        let keyword = || {
             let from = start.saturating_sub(40);
             let from = char_span(text, from, from).0;
             self.phone_keyword.is_match(&bytes[from..start])
@@ -373,13 +363,13 @@ impl PiiDetector {
         let dotted = groups >= 3 && seps().all(|c| c == b'.') && n <= 12;
         let phone = (7..=15).contains(&n)
             && (plus
-                || keyword
                 || structured
                 || dotted
                 || (groups == 2
                     && n >= 7
                     && seps().all(|c| c == b' ' || c == b'-')
-                    && run.len() <= 9));
+                    && run.len() <= 9)
+                || keyword());
         if phone {
             push(
                 out,

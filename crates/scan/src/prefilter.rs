@@ -344,43 +344,82 @@ impl Lexicon {
             }
         };
         let n = lower.len();
-        // Words are found 64 bytes at a time from a bit mask of word bytes (the mask loop
-        // vectorizes); each word costs one or two table probes.
+        // Words are found 64 bytes at a time from bit masks (word bytes, `_`, uppercase). Two
+        // phases per chunk: first a branch-free Bloom test of every word's first bytes, then the
+        // full lookup only for the few words that pass it, contain `_` or an inner uppercase
+        // letter (identifier parts), or run past the chunk.
         let mut pos = 0; // bytes before `pos` belong to words already handled
         let mut base = 0;
+        let mut chunk = [0u8; 64];
+        let mut orig = [0u8; 64];
         while base < n {
             if pos >= base + 64 {
                 base += 64;
                 continue;
             }
-            let (mut m, unders, uppers) =
+            let (lo, up): (&[u8; 64], &[u8; 64]) =
                 match (lower.get(base..base + 64), text.get(base..base + 64)) {
-                    (Some(chunk), Some(orig)) => (
-                        word_mask(chunk),
-                        marks_mask(chunk, true),
-                        marks_mask(orig, false),
-                    ),
+                    (Some(l), Some(t)) => match (l.try_into(), t.try_into()) {
+                        (Ok(l), Ok(t)) => (l, t),
+                        _ => break,
+                    },
                     _ => {
                         // The tail, zero-padded (a zero byte is in no class).
-                        let mut chunk = [0u8; 64];
-                        let mut orig = [0u8; 64];
+                        chunk = [0u8; 64];
+                        orig = [0u8; 64];
                         let tail = &lower[base..];
                         chunk[..tail.len()].copy_from_slice(tail);
                         let otail = text.get(base..).unwrap_or(tail);
-                        orig[..otail.len().min(64)].copy_from_slice(&otail[..otail.len().min(64)]);
-                        (
-                            word_mask(&chunk),
-                            marks_mask(&chunk, true),
-                            marks_mask(&orig, false),
-                        )
+                        let k = otail.len().min(64);
+                        orig[..k].copy_from_slice(&otail[..k]);
+                        (&chunk, &orig)
                     }
                 };
+            let mut m = word_mask(lo);
             if pos > base {
                 m &= !0u64 << (pos - base);
             }
-            let mut starts = m & !(m << 1);
-            while starts != 0 {
-                let j = starts.trailing_zeros() as usize;
+            let unders = marks_mask(lo, true);
+            let uppers = marks_mask(up, false);
+            let starts = m & !(m << 1);
+            // The last word reaches the chunk's end: it may go on in the next chunk.
+            let edge = if m >> 63 != 0 {
+                1u64 << (63 - (starts.leading_zeros() as usize))
+            } else {
+                0
+            };
+            // Phase 1: words of two or more bytes whose first bytes pass the Bloom filter.
+            let mut cand = edge;
+            let mut two = starts & (m >> 1) & !edge;
+            while two != 0 {
+                let j = two.trailing_zeros() as usize;
+                two &= two - 1;
+                // The third byte counts when the word has one (`load` of `min(len, 3)` bytes).
+                let has_third = m.checked_shr(j as u32 + 2).unwrap_or(0) & 1;
+                let third = u32::from(lo[(j + 2) & 63]) & 0u32.wrapping_sub(has_third as u32);
+                let key = u32::from(lo[j]) | u32::from(lo[(j + 1) & 63]) << 8 | third << 16;
+                let b = bloom_bit(key);
+                cand |= ((self.first_three[b >> 6] >> (b & 63)) & 1) << j;
+            }
+            // Words holding `_` or an uppercase letter after their first byte.
+            let mut marks = (unders | (uppers & !starts)) & m;
+            if marks != 0 {
+                let ends = m & !(m >> 1);
+                while marks != 0 {
+                    let k = marks.trailing_zeros() as usize;
+                    let below = starts & ones(k + 1);
+                    if below != 0 {
+                        cand |= 1u64 << (63 - below.leading_zeros() as usize);
+                    }
+                    let end = k + (ends >> k).trailing_zeros() as usize;
+                    marks &= !ones(end + 1);
+                }
+            }
+            // Phase 2: the full lookup of each candidate word.
+            let mut cand = cand;
+            while cand != 0 {
+                let j = cand.trailing_zeros() as usize;
+                cand &= cand - 1;
                 let s = base + j;
                 let mut len = (!(m >> j)).trailing_zeros() as usize;
                 if j + len >= 64 {
@@ -388,29 +427,26 @@ impl Lexicon {
                         .iter()
                         .position(|&b| !is_word(b))
                         .unwrap_or(n - base - 64);
+                    pos = s + len;
                 }
-                pos = s + len;
-                if len >= 2 {
-                    let (under, humps) = if j + len <= 64 {
-                        (
-                            unders >> j & ones(len) != 0,
-                            len >= 8 && uppers >> (j + 1) & ones(len - 1) != 0,
-                        )
-                    } else {
-                        let word = &lower[s..s + len];
-                        (
-                            word.contains(&b'_'),
-                            len >= 8 && text.get(s + 1..s + len) != Some(&word[1..]),
-                        )
-                    };
-                    self.word(text, lower, (s, len), (under, humps), &mut |p, t, part| {
-                        push(p, t, part, out)
-                    });
+                if len < 2 {
+                    continue;
                 }
-                if pos >= base + 64 {
-                    break;
-                }
-                starts &= starts - 1;
+                let (under, humps) = if j + len <= 64 {
+                    (
+                        unders >> j & ones(len) != 0,
+                        len >= 8 && uppers >> (j + 1) & ones(len - 1) != 0,
+                    )
+                } else {
+                    let word = &lower[s..s + len];
+                    (
+                        word.contains(&b'_'),
+                        len >= 8 && text.get(s + 1..s + len) != Some(&word[1..]),
+                    )
+                };
+                self.word(text, lower, (s, len), (under, humps), &mut |p, t, part| {
+                    push(p, t, part, out)
+                });
             }
             base += 64;
         }

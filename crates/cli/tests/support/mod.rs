@@ -452,6 +452,16 @@ impl EventStream {
             .expect("the answer ended without another message")
     }
 
+    /// Waits until the answer's body ends; panics if a message comes first or the body is still
+    /// open after [`PEER_WAIT`].
+    pub async fn closed(&mut self) {
+        match tokio::time::timeout(PEER_WAIT, self.messages.recv()).await {
+            Ok(None) => {}
+            Ok(Some(message)) => panic!("a message instead of the end: {message}"),
+            Err(_) => panic!("the answer is still open after {PEER_WAIT:?}"),
+        }
+    }
+
     /// Messages up to and including the response with `id` (skips notifications).
     pub async fn until_response(&mut self, id: &Value) -> Vec<Value> {
         let mut seen = Vec::new();

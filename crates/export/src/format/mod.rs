@@ -75,7 +75,7 @@ impl ExportItem {
             return 3;
         };
         match r.event.kind {
-            RecordKind::Denial | RecordKind::AuthFailure => 4,
+            RecordKind::Denial | RecordKind::AuthFailure | RecordKind::Alert => 4,
             RecordKind::KillSwitch
             | RecordKind::ConfigChange
             | RecordKind::Approval

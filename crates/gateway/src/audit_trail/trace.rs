@@ -99,10 +99,16 @@ fn random_hex<const N: usize>() -> String {
 /// Returns the trace for the audit records. Messages whose `params` is not an object (or
 /// absent on a method that takes none) are left as they are; the trace is still returned.
 pub fn propagate(message: &mut Envelope) -> TraceParent {
+    continue_trace(message).1
+}
+
+/// [`propagate`], also returning the valid `traceparent` the message came with (None: the
+/// gateway started the trace), for the request's span (`crate::telemetry`).
+pub fn continue_trace(message: &mut Envelope) -> (Option<TraceParent>, TraceParent) {
     let params = match message.params() {
         Some(raw) => match RawObject::parse(raw) {
             Some(params) => Some(params),
-            None => return TraceParent::mint(),
+            None => return (None, TraceParent::mint()),
         },
         None => None,
     };
@@ -118,7 +124,7 @@ pub fn propagate(message: &mut Envelope) -> TraceParent {
     meta.set(TRACEPARENT, to_raw(&hop.to_value()));
     params.set("_meta", meta.to_raw());
     message.set_member("params", params.to_raw());
-    hop
+    (incoming, hop)
 }
 
 /// The edge's part: a valid HTTP `traceparent` header is copied into `params._meta.traceparent`

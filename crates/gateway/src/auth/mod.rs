@@ -12,6 +12,7 @@
 //! header; connectors never receive it.
 
 pub mod api_key;
+pub mod client_cert;
 pub mod jwks;
 pub mod jwt;
 pub mod task_token;
@@ -159,7 +160,22 @@ impl Authenticator {
         route: &Route,
         authorization: Option<&[u8]>,
     ) -> Result<Principal, AuthError> {
+        self.authenticate_with(route, authorization, None).await
+    }
+
+    /// [`Authenticator::authenticate`] on a connection that presented the verified client
+    /// certificate `cert`: a bearer credential, when sent, wins; otherwise the certificate
+    /// names the caller (see [`client_cert`]).
+    pub async fn authenticate_with(
+        &self,
+        route: &Route,
+        authorization: Option<&[u8]>,
+        cert: Option<&client_cert::ClientCert>,
+    ) -> Result<Principal, AuthError> {
         let Some(header) = authorization else {
+            if let Some(cert) = cert {
+                return cert.principal();
+            }
             return match &self.anonymous {
                 Some(agent) => Ok(Principal {
                     agent: agent.clone(),

@@ -158,7 +158,11 @@ pub async fn authenticate(
     } else {
         runtime
             .auth
-            .authenticate(route, first.map(|v| v.as_bytes()))
+            .authenticate_with(
+                route,
+                first.map(|v| v.as_bytes()),
+                crate::auth::client_cert::current().as_deref(),
+            )
             .await
     };
     result.map_err(|error| {

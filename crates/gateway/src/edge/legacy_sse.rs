@@ -493,7 +493,7 @@ async fn pump_unsolicited(
     connection: Arc<Connection>,
     session: Arc<Session>,
 ) {
-    let mut messages = unsolicited::messages(&runtime, &session);
+    let mut messages = unsolicited::messages(&gateway, &runtime, &session);
     let mut more = true;
     let mut touch = tokio::time::interval(TOUCH_EVERY);
     loop {

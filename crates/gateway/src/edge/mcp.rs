@@ -58,6 +58,7 @@ async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let received = gateway.telemetry.received(); // Some only when tracing is on
     let runtime = gateway.runtime();
     let config = &runtime.config;
     if !checks::host_allowed(config, &headers) || !checks::origin_allowed(config, &headers) {
@@ -72,15 +73,15 @@ async fn handle(
     };
     match method {
         Method::POST => {
-            post(
+            let post = post(
                 gateway.clone(),
                 runtime.clone(),
                 route,
                 principal,
                 headers,
                 body,
-            )
-            .await
+            );
+            crate::telemetry::edge_scope(received, post).await // `authenticate` span
         }
         Method::GET => get(gateway.clone(), &runtime, route, principal, &headers),
         Method::DELETE => delete(&gateway, &runtime, route, principal, &headers).await,
@@ -434,7 +435,7 @@ fn get(
         let resumed = render::resumable(session, stream, log, index, &gateway.shutting_down);
         return crate::proxy::control::end_stream_on_kill(&gateway, &principal, &route, resumed);
     }
-    match unsolicited::standalone_stream(runtime, &session, &gateway.shutting_down) {
+    match unsolicited::standalone_stream(&gateway, runtime, &session, &gateway.shutting_down) {
         // A kill switch that stops this agent (or this server's route) ends the stream.
         Some(stream) => {
             crate::proxy::control::end_stream_on_kill(&gateway, &principal, &route, stream)

@@ -20,8 +20,16 @@
 //!
 //! Denials from any phase go through [`CallRecord::check`] (the rule id comes from the error's
 //! `data.rule`); scanners attach findings with [`CallRecord::add_findings`], approvals their
-//! reference with [`CallRecord::set_approval`], both before [`CallRecord::decision`].
+//! reference with [`CallRecord::set_approval`], both before [`CallRecord::decision`]. Findings on
+//! the way back (results, resource contents) are collected in the record's [`LateFindings`],
+//! which the forward phase fills, and carried by the outcome record. Requests the gateway
+//! answers itself leave one record ([`CallRecord::answered`]).
+//!
+//! Server→client requests (sampling, elicitation, roots) leave one record each, relayed
+//! ([`server_request_relayed`]) or refused ([`server_request_refused`]), with the scanners'
+//! findings on them.
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use portcullis_audit::store::now_us;
@@ -39,14 +47,39 @@ use crate::audit_trail::{AuditTrail, trace};
 use crate::metrics::{LatencyLabels, RequestLabels, ServerLabel, method_label};
 use crate::route::Route;
 
+/// Findings made after the decision record (the scanners on a call's result), for its outcome
+/// record. Cheap to clone; every clone adds to the same list.
+#[derive(Debug, Clone, Default)]
+pub struct LateFindings(Arc<Mutex<Vec<Finding>>>);
+
+/// Most late findings kept per call (a hostile result cannot grow a record without bound).
+const MAX_LATE_FINDINGS: usize = 256;
+
+impl LateFindings {
+    /// Adds findings (beyond [`MAX_LATE_FINDINGS`] they are dropped).
+    pub fn add(&self, findings: impl IntoIterator<Item = Finding>) {
+        let mut list = self.0.lock().expect("poisoned");
+        let room = MAX_LATE_FINDINGS.saturating_sub(list.len());
+        list.extend(findings.into_iter().take(room));
+    }
+
+    fn take(&self) -> Vec<Finding> {
+        std::mem::take(&mut *self.0.lock().expect("poisoned"))
+    }
+}
+
 /// The audit record of one governed request, from routing to its answer.
 pub struct CallRecord {
     trail: AuditTrail,
     event: AuditEvent,
     started: Instant,
+    /// Findings on the answer, filled by the forward phase.
+    late: LateFindings,
     /// The server's connector, asked for the protocol version it speaks (upstream era) once
     /// the call is done (by then it is known without waiting).
     connector: Option<std::sync::Arc<dyn crate::upstream::Connector>>,
+    /// The request's OpenTelemetry span (`crate::telemetry`); inert when tracing is off.
+    span: crate::telemetry::RequestSpan,
 }
 
 impl CallRecord {
@@ -67,7 +100,14 @@ impl CallRecord {
         });
         let mut event = AuditEvent::new(RecordKind::Call, now_us());
         event.bytes_in = Some(message_bytes(message));
-        event.trace_id = Some(trace::propagate(message).trace_id);
+        let (incoming, hop) = trace::continue_trace(message);
+        let span = crate::telemetry::RequestSpan::start(
+            &call.gateway.telemetry,
+            incoming.as_ref(),
+            &hop,
+            message.id().map(|id| id.get()),
+        );
+        event.trace_id = Some(hop.trace_id);
         event.principal.agent = Some(call.principal.agent.to_string());
         event.principal.user = call.principal.user.as_deref().map(str::to_owned);
         event.principal.token_id = Some(
@@ -80,7 +120,7 @@ impl CallRecord {
         event.session = call.session.as_ref().map(|s| s.id.to_string());
         event.client_era = Some(call.face.version.to_string());
         event.method = Some(method.to_owned());
-        if trail.is_enabled()
+        if (trail.is_enabled() || span.is_recording())
             && let Some(params) = message.params().and_then(RawObject::parse)
         {
             if method == "tools/call"
@@ -102,8 +142,16 @@ impl CallRecord {
             trail,
             event,
             started,
+            late: LateFindings::default(),
+            span,
             connector,
         }
+    }
+
+    /// Where the forward phase puts the scanners' findings on the answer (for the outcome
+    /// record).
+    pub fn late_findings(&self) -> LateFindings {
+        self.late.clone()
     }
 
     /// Passes a phase's verdict through: Ok as it is; a refusal is recorded as a denial record
@@ -142,9 +190,22 @@ impl CallRecord {
         event.outcome = Some(Outcome::Error { code: error.code });
         event.latency_us = Some(elapsed_us(self.started));
         self.count(&event, "refused");
+        self.span.annotate(&event, Some((error.code, &error.message)));
         if let Err(unavailable) = self.trail.record(event).await {
             tracing::error!(error = %unavailable, code = error.code, "denial not recorded");
         }
+    }
+
+    /// Marks the start of the phase `name` of this request (the previous one ends) in its
+    /// trace (`crate::telemetry`); nothing when tracing is off.
+    pub fn phase(&self, name: &'static str) {
+        self.span.phase(name);
+    }
+
+    /// The request's trace span, e.g. to run the forward phase under it
+    /// (`span().scoped(…)`).
+    pub fn span(&self) -> &crate::telemetry::RequestSpan {
+        &self.span
     }
 
     /// The rule that allowed the call (policy), for the decision record.
@@ -177,14 +238,26 @@ impl CallRecord {
         if !self.trail.is_enabled() {
             return Ok(());
         }
+        self.span.phase("audit.decision");
         match self.trail.record(self.event.clone()).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.span.end_phase();
+                Ok(())
+            }
             Err(unavailable) => {
                 let error = audit_unavailable(&unavailable.to_string());
+                self.span.annotate(&self.event, Some((error.code, &error.message)));
                 self.count_outcome(Some(error.code));
                 Err(error)
             }
         }
+    }
+
+    /// For a request the gateway answers itself (no upstream call, e.g. `server/discover`):
+    /// one record, with the decision (`allow`) and the outcome, written like an outcome record.
+    pub async fn answered(mut self, answer: Result<Reply, ProxyError>) -> Result<Reply, ProxyError> {
+        self.event.decision = Some("allow".to_owned());
+        self.outcome(answer).await
     }
 
     /// Writes the outcome record of the answer and hands the answer on: a JSON answer once its
@@ -226,7 +299,16 @@ impl CallRecord {
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             let mut record = Some(self);
-            while let Some(message) = upstream.recv().await {
+            loop {
+                let message = tokio::select! {
+                    message = upstream.recv() => match message {
+                        Some(message) => message,
+                        None => break,
+                    },
+                    // The client left while nothing was being sent (a quiet listen, a call
+                    // waiting upstream): dropping `upstream` ends the call (cancelled upstream).
+                    () = tx.closed() => break,
+                };
                 if is_final(&message)
                     && let Some(record) = record.take()
                 {
@@ -268,10 +350,13 @@ impl CallRecord {
     /// Writes the outcome record (error `code`, or ok) and counts the request.
     async fn finish(mut self, code: Option<i64>, bytes_out: i64) {
         self.count_outcome(code);
+        self.span.annotate(&self.event, code.map(|code| (code, "")));
         if !self.trail.is_enabled() {
             return;
         }
+        self.span.phase("audit.outcome");
         let mut event = std::mem::replace(&mut self.event, AuditEvent::new(RecordKind::Call, 0));
+        event.findings.extend(self.late.take());
         event.outcome = Some(match code {
             None => Outcome::Ok,
             Some(code) => Outcome::Error { code },
@@ -376,21 +461,17 @@ fn elapsed_us(started: Instant) -> i64 {
     i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX)
 }
 
-/// Records a server→client request (`sampling/createMessage`, `elicitation/create`,
-/// `roots/list`) that the policy refused to relay to `principal`'s client, with the rule named
-/// in `refusal` (the error answer sent back upstream). Best effort: it never holds the call.
-pub fn server_request_refused(
-    trail: &AuditTrail,
+/// The record of a server→client request (`sampling/createMessage`, `elicitation/create`,
+/// `roots/list`) from `server` during a call of `principal`.
+fn server_request_event(
+    kind: RecordKind,
     principal: &crate::auth::Principal,
     session: Option<&str>,
     server: &str,
     request: &Envelope,
-    refusal: &Envelope,
-) {
-    if !trail.is_enabled() {
-        return;
-    }
-    let mut event = AuditEvent::new(RecordKind::Denial, now_us());
+    findings: Vec<Finding>,
+) -> AuditEvent {
+    let mut event = AuditEvent::new(kind, now_us());
     event.principal.agent = Some(principal.agent.to_string());
     event.principal.user = principal.user.as_deref().map(str::to_owned);
     event.principal.token_id = Some(
@@ -403,6 +484,31 @@ pub fn server_request_refused(
     event.session = session.map(str::to_owned);
     event.server = Some(server.to_owned());
     event.method = request.method().map(str::to_owned);
+    event.findings = findings;
+    event
+}
+
+/// Records a server→client request that the gateway refused to relay to `principal`'s client
+/// (policy, scanners, a capability the client did not declare), with the rule named in
+/// `refusal` (the error answer sent back upstream) and the scanners' findings.
+///
+/// Best effort (never waits): the network decides how many of these come, and the call they
+/// belong to has its own durable records; a flood must not stall it. A dropped record is
+/// counted in `portcullis_audit_dropped_total`.
+pub fn server_request_refused(
+    trail: &AuditTrail,
+    principal: &crate::auth::Principal,
+    session: Option<&str>,
+    server: &str,
+    request: &Envelope,
+    refusal: &Envelope,
+    findings: Vec<Finding>,
+) {
+    if !trail.is_enabled() {
+        return;
+    }
+    let mut event =
+        server_request_event(RecordKind::Denial, principal, session, server, request, findings);
     event.decision = Some("deny".to_owned());
     let error = refusal
         .member("error")
@@ -413,5 +519,31 @@ pub fn server_request_refused(
         .and_then(|r| r.as_str())
         .map(str::to_owned);
     event.outcome = error_code(refusal).map(|code| Outcome::Error { code });
+    trail.record_best_effort(event);
+}
+
+/// Records a server→client request relayed to `principal`'s client (allowed by the policy rule
+/// `rule`, passed or redacted by the scanners, whose `findings` it carries). Its outcome is the
+/// client's answer, which goes back to the upstream; the call's own outcome record follows.
+///
+/// Best effort, like [`server_request_refused`] and for the same reason: these arrive at the
+/// upstream's pace in the middle of a call whose decision record is already durable.
+pub fn server_request_relayed(
+    trail: &AuditTrail,
+    principal: &crate::auth::Principal,
+    session: Option<&str>,
+    server: &str,
+    request: &Envelope,
+    rule: Option<String>,
+    findings: Vec<Finding>,
+) {
+    if !trail.is_enabled() {
+        return;
+    }
+    let mut event =
+        server_request_event(RecordKind::Call, principal, session, server, request, findings);
+    event.decision = Some("allow".to_owned());
+    event.rule_id = rule;
+    event.bytes_in = Some(message_bytes(request));
     trail.record_best_effort(event);
 }

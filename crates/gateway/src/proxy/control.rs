@@ -4,7 +4,8 @@
 //! what refused so that audit records show it):
 //!
 //! - a kill switch → [`KILLED`]; calls in flight and open streams it matches end with the same
-//!   error ([`killed`], [`stream_killed`]);
+//!   error ([`killed`], [`stream_killed`]); so do those of a task token revoked meanwhile
+//!   ([`OUT_OF_TASK_SCOPE`], [`revoked_error`]);
 //! - outside the task token's servers or tools → [`OUT_OF_TASK_SCOPE`]; past its `max_calls`
 //!   → [`TASK_CALLS_EXHAUSTED`];
 //! - a rate limit → [`RATE_LIMITED`] with `data.retryAfterMs`, HTTP 429 for a single request
@@ -17,7 +18,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use portcullis_control::kill::{KillSet, KillSwitch, Scope, wait_for_kill};
-use portcullis_control::task::ScopeError;
+use portcullis_control::task::{ScopeError, TaskScope, wait_for_revocation};
 use portcullis_control::{CallFacts, Refusal};
 use portcullis_core::envelope::Envelope;
 use portcullis_core::names;
@@ -128,27 +129,69 @@ pub fn killed_error(switch: &KillSwitch) -> ProxyError {
     }))
 }
 
-/// Resolves (with the kill error) when a kill switch stops this call in flight: by `agent` to
-/// `server`, `message` being the request as sent upstream.
+/// The error that ends the calls and streams of a task token revoked while they were open.
+pub fn revoked_error(task: &TaskScope) -> ProxyError {
+    ProxyError::client(
+        OUT_OF_TASK_SCOPE,
+        format!("task token {} has been revoked; the call was stopped", task.id),
+    )
+    .with_data(json!({ "rule": format!("task-token:{}", task.id), "token": task.id }))
+}
+
+/// Resolves (with the error to end it) when this call in flight must stop: a kill switch that
+/// stops `principal`'s agent calling `server` (`message` being the request as sent upstream),
+/// or the revocation of the principal's task token.
 pub async fn killed(
     gateway: &Gateway,
-    agent: &str,
+    principal: &Principal,
     server: &str,
     method: &str,
     message: &Envelope,
 ) -> ProxyError {
     let tool = tool_of(server, method, message);
-    let mut sets = gateway.control.kills.subscribe();
-    let switch = wait_for_kill(&mut sets, agent, Some(server), tool.as_deref()).await;
-    killed_error(&switch)
+    stopped(gateway, principal, Some(server), tool.as_deref()).await
 }
 
-/// Resolves (with the kill error) when a kill switch stops an open stream of `agent`: a
-/// lockdown, the agent's switch or, for a stream of one server, that server's switch.
-pub async fn stream_killed(gateway: &Gateway, agent: &str, server: Option<&str>) -> ProxyError {
+/// Resolves (with the error to end it) when an open stream of `principal` must stop: a
+/// lockdown, the agent's switch, for a stream of one server that server's switch, or the
+/// revocation of the principal's task token.
+pub async fn stream_killed(
+    gateway: &Gateway,
+    principal: &Principal,
+    server: Option<&str>,
+) -> ProxyError {
+    stopped(gateway, principal, server, None).await
+}
+
+async fn stopped(
+    gateway: &Gateway,
+    principal: &Principal,
+    server: Option<&str>,
+    tool: Option<&str>,
+) -> ProxyError {
+    // Subscribed before the current state is read, so no change is missed in between.
     let mut sets = gateway.control.kills.subscribe();
-    let switch = wait_for_kill(&mut sets, agent, server, None).await;
-    killed_error(&switch)
+    let mut revocations = gateway.control.tokens.subscribe_revocations();
+    let kill = wait_for_kill(&mut sets, &principal.agent, server, tool);
+    match &principal.task {
+        None => killed_error(&*kill.await),
+        Some(task) => tokio::select! {
+            switch = kill => killed_error(&*switch),
+            () = wait_for_revocation(&mut revocations, task) => revoked_error(task),
+        },
+    }
+}
+
+/// Is `server` closed to `principal` now: stopped by a kill switch (lockdown, the agent's or the
+/// server's), outside the principal's task token, or that token revoked? For what reaches a
+/// caller from a server outside any call: listens and standalone streams on the aggregate.
+pub fn server_closed(kills: &KillSet, principal: &Principal, server: &str) -> bool {
+    kills.agent(&principal.agent).is_some()
+        || kills.server(server).is_some()
+        || principal
+            .task
+            .as_ref()
+            .is_some_and(|task| task.is_revoked() || !task.allows_server(server))
 }
 
 /// Leaves out of a page of list items (the upstream's own names, `field` = `tools`, …) what a
@@ -224,8 +267,8 @@ fn visible(
 }
 
 /// Ends a streaming response (an SSE body) when a kill switch stops streams of `principal` on
-/// `route` ([`stream_killed`]): the body simply ends, as on shutdown. The watch lives inside
-/// the body, so it goes away with the stream.
+/// `route`, or its task token is revoked ([`stream_killed`]): the body simply ends, as on
+/// shutdown. The watch lives inside the body, so it goes away with the stream.
 pub fn end_stream_on_kill(
     gateway: &Arc<Gateway>,
     principal: &Principal,
@@ -234,14 +277,14 @@ pub fn end_stream_on_kill(
 ) -> axum::response::Response {
     use futures::StreamExt as _;
     let gateway = gateway.clone();
-    let agent = principal.agent.clone();
+    let principal = principal.clone();
     let server = match route {
         crate::route::Route::Server(name) => Some(name.clone()),
         crate::route::Route::Aggregate => None,
     };
     let killed = async move {
-        let error = stream_killed(&gateway, &agent, server.as_deref()).await;
-        tracing::info!(%agent, reason = %error.message, "open stream ended by a kill switch");
+        let error = stream_killed(&gateway, &principal, server.as_deref()).await;
+        tracing::info!(agent = %principal.agent, reason = %error.message, "open stream ended by a kill switch or a revoked task token");
     };
     response.map(|body| {
         axum::body::Body::from_stream(body.into_data_stream().take_until(Box::pin(killed)))

@@ -35,8 +35,9 @@ pub const UPSTREAM_PROTOCOL: i64 = -31004;
 /// Policy: a rule denied the call, or no rule allowed it (default deny). The message names the
 /// rule (or says that no rule allows the call); `data.rule` holds its id (null for the default).
 pub const POLICY_DENIED: i64 = -31010;
-/// Policy: the matching rule requires approval, and this request cannot be held for one
-/// (a server→client request, a `subscriptions/listen`): refused (fail closed).
+/// Policy or scanners: the matching rule (or a scanner's `approve` action) requires approval,
+/// and this request cannot be held for one (a server→client request, a `subscriptions/listen`,
+/// `prompts/get`, a result): refused (fail closed).
 pub const APPROVAL_REQUIRED: i64 = -31011;
 // -31012…-31016: kill switches, task tokens, rate limits (`super::control`). `data.rule` names
 // what refused: `kill:{scope}:{name}`, `task-token:{id}`, `rate:{limit id}`.
@@ -48,7 +49,8 @@ pub const KILLED: i64 = -31012;
 /// when to retry and `data.limit` names the limit. A single request is answered with HTTP 429
 /// and `Retry-After`.
 pub const RATE_LIMITED: i64 = -31013;
-/// The call is outside the servers or tools of the task token that authenticated it.
+/// The call is outside the servers or tools of the task token that authenticated it; also
+/// ends calls and streams in flight on a task token revoked meanwhile (`data.token` names it).
 pub const OUT_OF_TASK_SCOPE: i64 = -31014;
 /// The task token has used all of its `max_calls`.
 pub const TASK_CALLS_EXHAUSTED: i64 = -31015;

@@ -11,10 +11,14 @@
 //! - a modern upstream's `input_required` result for a legacy client is turned into
 //!   server→client requests, and the call is retried upstream with the answers.
 //!
-//! A question is passed on only if the client declared the matching capability (the gateway
-//! never widens what a client offers) and the policy allows its method for the caller; a refused
-//! question is answered to the upstream with the policy error. List answers on the transparent
-//! route are filtered by the policy like the aggregate's.
+//! A question is passed on only if the policy allows its method for the caller, the client
+//! declared the matching capability (the gateway never widens what a client offers) and can be
+//! asked on this answer, and the scanners do not block it (spans they redact are masked in
+//! place first); a refused question is answered to the upstream with the error
+//! ([`screen_question`]). Each question leaves one audit record, relayed or refused, with the
+//! scanners' findings. List answers on the transparent route are filtered by the policy like the
+//! aggregate's. The scanners' findings on the final response go to the call's outcome record
+//! ([`LateFindings`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +30,7 @@ use portcullis_core::rawobj::RawObject;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
+use super::audit::LateFindings;
 use super::errors::{INVALID_PARAMS, METHOD_NOT_FOUND, ProxyError, UPSTREAM_UNAVAILABLE};
 use super::held::{HANDLE_PREFIX, HeldCall};
 use super::{Call, Face, Reply, adapt};
@@ -41,17 +46,30 @@ const STREAM_BUFFER: usize = 64;
 const MAX_INPUT_ROUNDS: usize = 8;
 
 /// Sends `message` to the entry's connector and turns what comes back into a reply. A message
-/// carrying a gateway `requestState` resumes a held call instead.
+/// carrying a gateway `requestState` resumes a held call instead. (Scanner findings on the
+/// answer are only logged: for answers without a call record, such as lists.)
 pub async fn forward(
     call: &Call,
     entry: &Arc<CatalogEntry>,
     message: Envelope,
     method: &str,
 ) -> Result<Reply, ProxyError> {
+    forward_recorded(call, entry, message, method, LateFindings::default()).await
+}
+
+/// [`forward`], putting the scanners' findings on the final response into `findings` (the
+/// call's [`super::audit::CallRecord::late_findings`], for its outcome record).
+pub async fn forward_recorded(
+    call: &Call,
+    entry: &Arc<CatalogEntry>,
+    message: Envelope,
+    method: &str,
+    findings: LateFindings,
+) -> Result<Reply, ProxyError> {
     if let Some(handle) = held_handle(&message) {
-        return resume(call, entry, message, method, &handle).await;
+        return resume(call, entry, message, method, &handle, findings).await;
     }
-    let ctx = Ctx::new(call, entry, method, &message);
+    let ctx = Ctx::new(call, entry, method, &message, findings);
     let exchange = entry.connector.request(&call.caller, message).await?;
     run(ctx, exchange.events, exchange.cancel).await
 }
@@ -83,10 +101,20 @@ struct Ctx {
     client_id: Option<Box<RawValue>>,
     /// The request as first sent upstream (retried with `inputResponses` for legacy clients).
     original: Envelope,
+    /// The scanners' findings on the final response, for the call's outcome record.
+    findings: LateFindings,
+    /// The request's trace span, when recorded (`crate::telemetry`): `scan.response` is marked.
+    span: crate::telemetry::SpanRef,
 }
 
 impl Ctx {
-    fn new(call: &Call, entry: &CatalogEntry, method: &str, message: &Envelope) -> Ctx {
+    fn new(
+        call: &Call,
+        entry: &CatalogEntry,
+        method: &str,
+        message: &Envelope,
+        findings: LateFindings,
+    ) -> Ctx {
         Ctx {
             gateway: call.gateway.clone(),
             connector: entry.connector.clone(),
@@ -100,6 +128,8 @@ impl Ctx {
             timeout: entry.config.request_timeout,
             client_id: message.id().map(|raw| raw.to_owned()),
             original: message.clone(),
+            findings,
+            span: crate::telemetry::SpanRef::current(),
         }
     }
 
@@ -114,11 +144,12 @@ impl Ctx {
         error.to_envelope(self.client_id.as_deref())
     }
 
-    /// Resolves with the kill error when a kill switch stops this call (`super::control`).
+    /// Resolves with the error to end this call with when a kill switch stops it or its task
+    /// token is revoked (`super::control`).
     fn killed(&self) -> impl Future<Output = ProxyError> + '_ {
         super::control::killed(
             &self.gateway,
-            &self.principal.agent,
+            &self.principal,
             &self.server,
             &self.method,
             &self.original,
@@ -210,6 +241,7 @@ async fn run(
                     drive(
                         ctx,
                         first,
+                        false,
                         flow,
                         Sink::Log(writer.clone()),
                         client_cancelled,
@@ -227,10 +259,26 @@ async fn run(
             log,
         });
     }
-    let first = tokio::select! {
-        event = flow.events.recv() => event.ok_or_else(|| ctx.ended())?,
-        _ = &mut client_cancelled => return Err(cancelled()),
-        error = ctx.killed() => return Err(error), // dropping the flow cancels upstream
+    // Questions that come before anything else are decided here: refused ones are answered
+    // upstream at once, so that a call whose only question was refused still answers as JSON.
+    let can_ask = ctx.face.era == Era::Modern || (ctx.session.is_some() && can_stream(&ctx));
+    let first = loop {
+        let event = tokio::select! {
+            event = flow.events.recv() => event.ok_or_else(|| ctx.ended())?,
+            _ = &mut client_cancelled => return Err(cancelled()),
+            error = ctx.killed() => return Err(error), // dropping the flow cancels upstream
+        };
+        match event {
+            UpstreamEvent::Request { request, reply } => {
+                match screen_question(&ctx, request, can_ask) {
+                    Ok(request) => break UpstreamEvent::Request { request, reply },
+                    Err(refusal) => {
+                        let _ = reply.send(refusal);
+                    }
+                }
+            }
+            event => break event,
+        }
     };
     match first {
         UpstreamEvent::Response(response)
@@ -239,23 +287,19 @@ async fn run(
             learn_tool_schemas(&ctx, &response);
             Ok(Reply::ok(final_response(&ctx, response)))
         }
-        UpstreamEvent::Request { request, reply }
-            if ctx.face.era == Era::Modern
-                && declared(&ctx.caller, &request)
-                && policy_refusal(&ctx, &request).is_none() =>
-        {
+        UpstreamEvent::Request { request, reply } if ctx.face.era == Era::Modern => {
             Ok(Reply::ok(hold(&ctx, flow, request, reply)))
         }
         first if can_stream(&ctx) => {
             let (tx, rx) = mpsc::channel(STREAM_BUFFER);
             tokio::spawn(async move {
                 let _tracker = tracker;
-                drive(ctx, first, flow, Sink::Stream(tx), client_cancelled).await;
+                drive(ctx, first, true, flow, Sink::Stream(tx), client_cancelled).await;
             });
             Ok(Reply::Stream(rx))
         }
         first => {
-            let last = drive(ctx, first, flow, Sink::Collect, client_cancelled).await;
+            let last = drive(ctx, first, true, flow, Sink::Collect, client_cancelled).await;
             drop(tracker);
             last.map(Reply::ok).ok_or_else(cancelled)
         }
@@ -273,15 +317,19 @@ fn learn_tool_schemas(ctx: &Ctx, response: &Envelope) {
 /// answered: a resumed held call's upstream exchange still carries the id of the round that
 /// started it, but the client's retry has a new id.
 fn final_response(ctx: &Ctx, response: Envelope) -> Envelope {
+    ctx.span.phase("scan.response"); // the upstream's part ends with its answer
     let response = filter_list(ctx, response);
-    // Scan phase on the way back: results, resource contents, prompts (block, redact, flag).
-    let response = super::scanning::screen_response(
+    // Scan phase on the way back: results, resource contents, prompts (block, redact, flag);
+    // the findings go to the call's outcome record.
+    let (response, report) = super::scanning::screen_response(
         &ctx.gateway,
         &ctx.server,
         &ctx.method,
         &ctx.original,
         response,
     );
+    ctx.findings.add(report.to_audit());
+    ctx.span.end_phase();
     let mut response = adapt::response(&ctx.face, &ctx.method, response);
     if let Some(id) = &ctx.client_id {
         response.set_id(id.clone());
@@ -322,23 +370,74 @@ fn filter_list(ctx: &Ctx, mut response: Envelope) -> Envelope {
     response
 }
 
-/// A server→client request the policy refuses (method-level rules: `sampling/createMessage`,
-/// `elicitation/create`, `roots/list`), as the error answer for the upstream.
-fn policy_refusal(ctx: &Ctx, request: &Envelope) -> Option<Envelope> {
-    let method = request.method().unwrap_or_default();
+/// Decides a server→client request (`sampling/createMessage`, `elicitation/create`,
+/// `roots/list`, …) of this call: Ok with the request to relay (spans the scanners redact
+/// masked in place), or Err with the error answer for the upstream. In order: the policy's
+/// method-level rules, the client's declared capability, whether the client can be asked on
+/// this answer at all (`can_ask`), then the scanners (injection, PII, secrets). Either way the
+/// request leaves one audit record ([`super::audit`]) with the scanners' findings.
+fn screen_question(ctx: &Ctx, request: Envelope, can_ask: bool) -> Result<Envelope, Envelope> {
+    let method = request.method().unwrap_or_default().to_owned();
     let policy = ctx.gateway.runtime().config.policy.clone();
-    super::policy::authorize_server_request(&policy, &ctx.principal, &ctx.server, method)
-        .err()
-        .map(|error| error.to_envelope(request.id()))
-        // Then the scanners (injection, PII, secrets in sampling/elicitation requests).
-        .or_else(|| super::scanning::screen_server_request(&ctx.gateway, &ctx.server, request))
+    let allowed =
+        super::policy::authorize_server_request(&policy, &ctx.principal, &ctx.server, &method)
+            .and_then(|rule| {
+                if !declared(&ctx.caller, &request) {
+                    return Err(refusal(
+                        &method,
+                        "the client did not declare the capability it needs",
+                    ));
+                }
+                if !can_ask {
+                    return Err(refusal(
+                        &method,
+                        "the client accepts only JSON responses, so it cannot be asked",
+                    ));
+                }
+                Ok(rule)
+            });
+    let rule = match allowed {
+        Ok(rule) => rule,
+        Err(error) => {
+            let answer = error.to_envelope(request.id());
+            audit_question(ctx, &request, Err(&answer), Vec::new());
+            return Err(answer);
+        }
+    };
+    let (screened, report) =
+        super::scanning::screen_server_request(&ctx.gateway, &ctx.server, &request);
+    match screened {
+        Ok(redacted) => {
+            let request = redacted.unwrap_or(request);
+            audit_question(ctx, &request, Ok(rule), report.to_audit());
+            Ok(request)
+        }
+        Err(error) => {
+            let answer = error.to_envelope(request.id());
+            audit_question(ctx, &request, Err(&answer), report.to_audit());
+            Err(answer)
+        }
+    }
 }
 
-/// Audit record of a server→client request the policy refused (see [`super::audit`]).
-fn audit_refusal(ctx: &Ctx, request: &Envelope, refusal: &Envelope) {
+/// The audit record of a server→client request: relayed under a policy rule, or refused with
+/// this answer to the upstream.
+fn audit_question(
+    ctx: &Ctx,
+    request: &Envelope,
+    fate: Result<Option<String>, &Envelope>,
+    findings: Vec<portcullis_audit::Finding>,
+) {
     let session = ctx.session.as_ref().map(|s| &*s.id);
-    let audit = &ctx.gateway.audit;
-    super::audit::server_request_refused(audit, &ctx.principal, session, &ctx.server, request, refusal);
+    let (trail, principal, server) = (&ctx.gateway.audit, &ctx.principal, ctx.server.as_str());
+    match fate {
+        Ok(rule) => super::audit::server_request_relayed(
+            trail, principal, session, server, request, rule, findings,
+        ),
+        Err(answer) => super::audit::server_request_refused(
+            trail, principal, session, server, request, answer, findings,
+        ),
+    }
 }
 
 /// Legacy sessions at 2025-11-25 get resumable streams (priming event, event ids, replay).
@@ -403,16 +502,21 @@ impl Sink {
 }
 
 /// The event loop of one call. Returns the final message for [`Sink::Collect`].
+/// `first_screened`: `first` is a question [`screen_question`] already let through.
 async fn drive(
     ctx: Ctx,
     first: UpstreamEvent,
+    first_screened: bool,
     mut flow: Flow,
     sink: Sink,
     mut client_cancelled: oneshot::Receiver<()>,
 ) -> Option<Envelope> {
     let mut next = Some(first);
+    let mut prescreened = first_screened;
     let mut rounds = 0;
+    let can_ask = ctx.face.era == Era::Modern || (ctx.session.is_some() && sink.can_ask());
     loop {
+        let screened = std::mem::take(&mut prescreened);
         let event = match next.take() {
             Some(event) => event,
             None => tokio::select! {
@@ -447,18 +551,17 @@ async fn drive(
                 }
             }
             UpstreamEvent::Request { request, reply } => {
-                if let Some(refusal) = policy_refusal(&ctx, &request) {
-                    audit_refusal(&ctx, &request, &refusal);
-                    let _ = reply.send(refusal);
-                    continue;
-                }
-                if !declared(&ctx.caller, &request) {
-                    let _ = reply.send(refusal(
-                        &request,
-                        "the client did not declare the capability it needs",
-                    ));
-                    continue;
-                }
+                let request = if screened {
+                    request
+                } else {
+                    match screen_question(&ctx, request, can_ask) {
+                        Ok(request) => request,
+                        Err(refusal) => {
+                            let _ = reply.send(refusal);
+                            continue;
+                        }
+                    }
+                };
                 match (&sink, ctx.face.era, &ctx.session) {
                     (_, Era::Modern, _) => {
                         let message = hold(&ctx, flow, request, reply);
@@ -477,10 +580,10 @@ async fn drive(
                         }
                     }
                     _ => {
-                        let _ = reply.send(refusal(
-                            &request,
-                            "the client accepts only JSON responses, so it cannot be asked",
-                        ));
+                        // Not reached: `screen_question` refuses what cannot be asked.
+                        let method = request.method().unwrap_or_default();
+                        let error = refusal(method, "the client cannot be asked on this answer");
+                        let _ = reply.send(error.to_envelope(request.id()));
                     }
                 }
             }
@@ -515,14 +618,11 @@ fn ask_client(
     (request, answer_rx)
 }
 
-/// An error answer to a server→client request the gateway will not forward.
-fn refusal(request: &Envelope, why: &str) -> Envelope {
-    let method = request.method().unwrap_or_default();
-    Envelope::error(
-        request.id().map(|r| r.to_owned()),
+/// The error answering a server→client request (`method`) the gateway will not forward.
+fn refusal(method: &str, why: &str) -> ProxyError {
+    ProxyError::client(
         METHOD_NOT_FOUND,
-        &format!("{method} refused by the gateway: {why}"),
-        None,
+        format!("{method} refused by the gateway: {why}"),
     )
 }
 
@@ -571,8 +671,9 @@ async fn resume(
     message: Envelope,
     method: &str,
     handle: &str,
+    findings: LateFindings,
 ) -> Result<Reply, ProxyError> {
-    let ctx = Ctx::new(call, entry, method, &message);
+    let ctx = Ctx::new(call, entry, method, &message, findings);
     let binding = (method.to_owned(), name_or_uri(&message));
     let held = call
         .gateway
@@ -653,23 +754,34 @@ async fn input_round(
             &method,
             question.get("params").map(|raw| raw.to_owned()),
         );
-        if let Some(refusal) = policy_refusal(ctx, &request) {
-            audit_refusal(ctx, &request, &refusal);
-            let message = refusal
-                .member_value("error")
-                .and_then(|e| e.get("message").and_then(|m| m.as_str().map(str::to_owned)))
-                .unwrap_or_else(|| format!("{method} refused by policy"));
-            return Err(ProxyError::upstream(super::errors::POLICY_DENIED, message));
-        }
-        if !declared(&ctx.caller, &request) {
-            return Err(ProxyError::upstream(
-                super::errors::MISSING_CLIENT_CAPABILITY,
-                format!(
-                    "upstream {} asked for {method}, which the client did not declare",
-                    ctx.server
-                ),
-            ));
-        }
+        let request = match screen_question(ctx, request, true) {
+            Ok(request) => request,
+            Err(refusal) => {
+                let error = refusal.member_value("error").unwrap_or_default();
+                let code = error.get("code").and_then(serde_json::Value::as_i64);
+                if code == Some(METHOD_NOT_FOUND) {
+                    return Err(ProxyError::upstream(
+                        super::errors::MISSING_CLIENT_CAPABILITY,
+                        format!(
+                            "upstream {} asked for {method}, which the client did not declare",
+                            ctx.server
+                        ),
+                    ));
+                }
+                let message = error
+                    .get("message")
+                    .and_then(|m| m.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| format!("{method} refused by policy"));
+                let error = ProxyError::upstream(
+                    code.unwrap_or(super::errors::POLICY_DENIED),
+                    message,
+                );
+                return Err(match refusal.member_value("error").and_then(|e| e.get("data").cloned()) {
+                    Some(data) => error.with_data(data),
+                    None => error,
+                });
+            }
+        };
         let (question, answer) = ask_client(session, request);
         if !sink.interim(question).await {
             return Err(cancelled());

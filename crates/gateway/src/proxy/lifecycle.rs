@@ -127,6 +127,13 @@ pub async fn initialize(
 
 /// Answers a modern `server/discover`.
 pub async fn discover(call: &Call, message: &Envelope) -> Result<Reply, ProxyError> {
+    // The gateway answers it itself: one audit record with the decision and the outcome.
+    let mut recorded = message.clone();
+    let audit = super::audit::CallRecord::begin(call, None, "server/discover", &mut recorded);
+    audit.answered(discovered(call, message).await).await
+}
+
+async fn discovered(call: &Call, message: &Envelope) -> Result<Reply, ProxyError> {
     let (capabilities, server_info, instructions) = presented(&call.runtime, &call.route).await?;
     let mut result = json!({
         "supportedVersions": MODERN_VERSIONS,

@@ -28,6 +28,17 @@
 //!    exchange is dropped, which cancels it upstream. When every upstream listen has ended, the
 //!    client gets a final result tagged with its subscription id, or, if any server failed, a
 //!    `-31000` error naming the servers that failed.
+//! 5. **Kill switches and task tokens.** Servers a kill switch stops, or outside the caller's
+//!    task token, get no listen. A kill switch set later on one server ends that server's
+//!    listen (cancelled upstream; its notifications are no longer delivered); when no server
+//!    is left because of kills the client gets the kill error (`-31012`). A lockdown, the
+//!    agent's kill switch or the revocation of its task token ends the whole stream at once
+//!    with that error ([`super::control::stream_killed`]).
+//!
+//! Both routes leave audit records like any call (`super::audit`): the decision record when the
+//! listen opens (durable before any upstream listen starts) and the outcome record when it
+//! ends. On `/mcp/{server}` the listen also passes the kill switches, task-token scope and rate
+//! limits ([`super::control::admit`]) like other routed requests.
 //!
 //! Legacy upstreams (no `subscriptions/listen`) are translated:
 //! - list-changed types are granted when the server declared `listChanged` for that primitive,
@@ -62,9 +73,11 @@ use tokio::task::AbortHandle;
 use super::errors::{
     INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, ProxyError, UPSTREAM_UNAVAILABLE,
 };
-use super::{Call, Reply, adapt, forward, target};
+use super::audit::CallRecord;
+use super::{Call, Reply, adapt, control, target};
+use crate::auth::Principal;
 use crate::route::Route;
-use crate::state::CatalogEntry;
+use crate::state::{CatalogEntry, Gateway};
 use crate::upstream::{Caller, Connector, UpstreamEvent};
 
 /// How long the gateway waits for the upstream acknowledgements before acknowledging the client.
@@ -91,9 +104,21 @@ const RESOURCE_UPDATED: &str = "notifications/resources/updated";
 /// Handles `subscriptions/listen`: forwarded on `/mcp/{server}`, fanned out on `/mcp`.
 pub async fn listen(call: &Call, message: Envelope) -> Result<Reply, ProxyError> {
     if let Route::Server(_) = call.route {
-        let (entry, message) = target::resolve(call, message)?;
-        super::policy::authorize_request(call, &entry.config.name, LISTEN, &message)?;
-        return forward::forward(call, &entry, message, LISTEN).await;
+        let (entry, mut message) = target::resolve(call, message)?;
+        let server = entry.config.name.clone();
+        let mut audit = CallRecord::begin(call, Some(&server), LISTEN, &mut message);
+        audit
+            .check(control::admit(call, &server, LISTEN, &message).await)
+            .await?;
+        let rule = audit
+            .check(super::policy::authorize_request(
+                call, &server, LISTEN, &message,
+            ))
+            .await?;
+        audit.set_rule(rule);
+        // Decision record, the forwarded listen (which a kill switch or a revoked task token
+        // ends), the outcome record when it ends.
+        return super::proceed(call, &entry, message, LISTEN, audit).await;
     }
     if call.face.era != Era::Modern {
         return Err(ProxyError::client(
@@ -114,12 +139,19 @@ pub async fn listen(call: &Call, message: Envelope) -> Result<Reply, ProxyError>
         .id()
         .map(|raw| raw.to_owned())
         .ok_or_else(|| ProxyError::client(INVALID_REQUEST, format!("{LISTEN} needs an id")))?;
-    let params = message.params().and_then(RawObject::parse).ok_or_else(|| {
-        ProxyError::client(
+    if message.params().and_then(RawObject::parse).is_none() {
+        return Err(ProxyError::client(
             INVALID_PARAMS,
             format!("{LISTEN}: params must be an object"),
-        )
-    })?;
+        ));
+    }
+    // The record of this listen (its trace context goes upstream in the params' `_meta`).
+    let mut message = message;
+    let mut audit = CallRecord::begin(call, None, LISTEN, &mut message);
+    let params = message
+        .params()
+        .and_then(RawObject::parse)
+        .unwrap_or_default();
     let wanted = params
         .get_object("notifications")
         .ok_or_else(|| {
@@ -130,12 +162,19 @@ pub async fn listen(call: &Call, message: Envelope) -> Result<Reply, ProxyError>
         })
         .and_then(|raw| Filter::from_client(&raw))?;
 
-    // Only the servers whose notifications the caller may listen to (policy, per server).
+    // A lockdown or the agent's kill switch refuses the listen.
+    let kills = call.gateway.control.kills.snapshot();
+    if let Some(switch) = kills.agent(&call.principal.agent) {
+        return audit.check(Err(control::killed_error(switch))).await;
+    }
+    // Only the servers whose notifications the caller may listen to: policy (per server), kill
+    // switches and the caller's task token.
     let entries: Vec<Arc<CatalogEntry>> = call
         .runtime
         .catalog
         .values()
         .filter(|entry| super::policy::allows(call, &entry.config.name, LISTEN))
+        .filter(|entry| !control::server_closed(&kills, &call.principal, &entry.config.name))
         .cloned()
         .collect();
     let requested = route_uris(&entries, wanted.uris.as_deref().unwrap_or(&[]));
@@ -162,15 +201,20 @@ pub async fn listen(call: &Call, message: Envelope) -> Result<Reply, ProxyError>
         .collect();
 
     let listen = Listen {
+        gateway: call.gateway.clone(),
+        principal: call.principal.clone(),
         caller: call.caller.clone(),
         client_id,
         params,
         wants_uris: wanted.uris.is_some(),
         requested,
     };
+    // Durable decision record before any upstream listen starts (fail closed).
+    audit.decision().await?;
     let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
     tokio::spawn(merge(listen, plans, tx));
-    Ok(Reply::Stream(rx))
+    // The outcome record follows the listen's final message (or the client leaving).
+    audit.outcome(Ok(Reply::Stream(rx))).await
 }
 
 /// What the client opted in to, or what an upstream granted.
@@ -334,6 +378,9 @@ struct Plan {
 
 /// The client's listen, owned by the merging task.
 struct Listen {
+    gateway: Arc<Gateway>,
+    /// Whose listen (kill switches and task-token revocation end it).
+    principal: Principal,
     caller: Caller,
     /// The client's raw request id: the subscription id on everything the client gets.
     client_id: Box<RawValue>,
@@ -400,12 +447,26 @@ async fn merge(listen: Listen, plans: Vec<Plan>, tx: mpsc::Sender<Envelope>) {
     let mut states: Vec<State> = names.iter().map(|_| State::Waiting).collect();
     let mut failures: Vec<(String, String)> = Vec::new();
     let mut early: Vec<(usize, Envelope)> = Vec::new();
+    // A lockdown, the agent's kill switch or its task token's revocation ends the whole listen.
+    let stopped = control::stream_killed(&listen.gateway, &listen.principal, None);
+    tokio::pin!(stopped);
+    // A server's kill switch ends that server's listen.
+    let mut kills = listen.gateway.control.kills.subscribe();
+    let mut killed: Option<ProxyError> = None;
 
     // Phase 1: the upstream acknowledgements, bounded by ACK_TIMEOUT.
     let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
     while states.iter().any(|s| matches!(s, State::Waiting)) {
         let event = tokio::select! {
             _ = tx.closed() => return,
+            error = &mut stopped => {
+                let _ = tx.send(error.to_envelope(Some(&listen.client_id))).await;
+                return;
+            }
+            Ok(()) = kills.changed() => {
+                end_killed(&listen, &names, &mut states, &tasks, &mut killed);
+                continue;
+            }
             _ = tokio::time::sleep_until(deadline) => break,
             event = events.recv() => match event {
                 Some(event) => event,
@@ -456,6 +517,14 @@ async fn merge(listen: Listen, plans: Vec<Plan>, tx: mpsc::Sender<Envelope>) {
     while states.iter().any(|s| matches!(s, State::Active(_))) {
         let event = tokio::select! {
             _ = tx.closed() => return,
+            error = &mut stopped => {
+                let _ = tx.send(error.to_envelope(Some(&listen.client_id))).await;
+                return;
+            }
+            Ok(()) = kills.changed() => {
+                end_killed(&listen, &names, &mut states, &tasks, &mut killed);
+                continue;
+            }
             event = events.recv() => match event {
                 Some(event) => event,
                 None => break,
@@ -474,7 +543,38 @@ async fn merge(listen: Listen, plans: Vec<Plan>, tx: mpsc::Sender<Envelope>) {
         }
     }
     drop(tasks);
-    let _ = tx.send(final_message(&listen.client_id, &failures)).await;
+    let last = match killed {
+        // Nothing left to listen to because of kill switches: the client learns why.
+        Some(error) if failures.is_empty() => error.to_envelope(Some(&listen.client_id)),
+        _ => final_message(&listen.client_id, &failures),
+    };
+    let _ = tx.send(last).await;
+}
+
+/// Ends the upstream listens of servers a kill switch (or the caller's task token) now closes:
+/// their tasks are aborted (which cancels them upstream) and they count as done; `killed` keeps
+/// the first such error for the client.
+fn end_killed(
+    listen: &Listen,
+    names: &[String],
+    states: &mut [State],
+    tasks: &Tasks,
+    killed: &mut Option<ProxyError>,
+) {
+    let kills = listen.gateway.control.kills.snapshot();
+    for (index, state) in states.iter_mut().enumerate() {
+        if matches!(state, State::Done) {
+            continue;
+        }
+        let name = &names[index];
+        let Some(switch) = kills.server(name) else {
+            continue;
+        };
+        tracing::info!(server = %name, agent = %listen.principal.agent, "listen: server stopped by a kill switch; its listen ends");
+        tasks.0[index].abort();
+        *state = State::Done;
+        killed.get_or_insert_with(|| control::killed_error(switch));
+    }
 }
 
 /// Records the end of one upstream listen.
@@ -545,6 +645,13 @@ async fn deliver(
     let Some(State::Active(granted)) = states.get(server) else {
         return true;
     };
+    if control::server_closed(
+        &listen.gateway.control.kills.snapshot(),
+        &listen.principal,
+        &names[server],
+    ) {
+        return true; // stopped a moment ago; `end_killed` ends its listen
+    }
     let method = message.method().unwrap_or_default();
     if !granted.admits(method) {
         tracing::debug!(server = %names[server], method, "listen: notification not granted; dropped");

@@ -157,6 +157,7 @@ async fn handle_request(call: &Call, message: Envelope) -> Result<Reply, ProxyEr
             let mut message = message;
             let mut audit = audit::CallRecord::begin(call, None, &method, &mut message);
             audit.decision().await?;
+            audit.phase("upstream");
             audit.outcome(lists::list(call, message).await).await
         }
         "subscriptions/listen" => listen::listen(call, message).await,
@@ -170,9 +171,11 @@ async fn handle_request(call: &Call, message: Envelope) -> Result<Reply, ProxyEr
                 &mut upstream_message,
             );
             // Kill switches, task-token scope and rate limits, before the policy decision.
+            audit.phase("admit");
             audit
                 .check(control::admit(call, &entry.config.name, &method, &upstream_message).await)
                 .await?;
+            audit.phase("policy");
             let mut decided = audit
                 .check(policy::decide_request(
                     call,
@@ -183,6 +186,7 @@ async fn handle_request(call: &Call, message: Envelope) -> Result<Reply, ProxyEr
                 .await?;
             audit.set_rule(decided.rule());
             // Scan: quarantined tools, then the arguments (block, redact, approve, flag).
+            audit.phase("scan.request");
             let (screened, findings) =
                 scanning::screen_request(call, &entry, &method, upstream_message).await;
             audit.add_findings(findings.to_audit());
@@ -198,8 +202,16 @@ async fn handle_request(call: &Call, message: Envelope) -> Result<Reply, ProxyEr
                     ))
                     .await?;
             }
+            // A scanner whose action is `approve` holds the call like an `approve` rule.
+            if let policy::Decided::Allowed(_) = decided
+                && let Some(need) =
+                    scanning::approval_need(&entry.config.name, &method, &upstream_message, &findings)
+            {
+                decided = policy::Decided::Approve(need);
+            }
             // Approval: a call under an `approve` rule is held until reviewers decide.
             if let policy::Decided::Approve(need) = decided {
+                audit.phase("approval.hold");
                 return crate::approval::hold(call, entry, upstream_message, method, audit, need)
                     .await;
             }
@@ -219,7 +231,10 @@ pub(crate) async fn proceed(
 ) -> Result<Reply, ProxyError> {
     // Durable decision record before the upstream is called (fail closed).
     audit.decision().await?;
-    let reply = forward::forward(call, entry, message, method).await;
+    let findings = audit.late_findings();
+    audit.phase("upstream"); // the forward phase runs under the request's span (telemetry)
+    let forwarded = forward::forward_recorded(call, entry, message, method, findings);
+    let reply = audit.span().scoped(forwarded).await;
     audit.outcome(reply).await
 }
 

@@ -2,21 +2,26 @@
 //!
 //! - [`screen_request`] (after policy, before forward): a call to a quarantined tool, prompt or
 //!   resource is refused ([`QUARANTINED`]); `tools/call` and `prompts/get` arguments and
-//!   `completion/complete` arguments are scanned: `block` → [`SCAN_BLOCKED`] and nothing leaves,
-//!   `approve` → [`APPROVAL_REQUIRED`] (fails closed until the approval flow takes it),
-//!   `redact` → the spans are masked in the forwarded bytes (the caller then decides the policy
-//!   again on them: the value authorized is the value forwarded), `flag` → forwarded and
-//!   alerted. A first `tools/call` on a server not listed yet lists its tools upstream first.
+//!   `completion/complete` arguments are scanned: `block` → [`SCAN_BLOCKED`] and nothing
+//!   leaves, `approve` → a `tools/call` is held for a reviewer ([`approval_need`] →
+//!   [`crate::approval::hold`], with the spans other findings redact already masked); what
+//!   cannot be held (`prompts/get`, `completion/complete`) is refused with
+//!   [`APPROVAL_REQUIRED`]; `redact` → the spans are masked in the forwarded bytes (the caller
+//!   then decides the policy again on them: the value authorized is the value forwarded),
+//!   `flag` → forwarded and alerted. A first `tools/call` on a server not listed yet lists its
+//!   tools upstream first.
 //! - [`screen_response`] (the final response of a call, JSON or stream, in `forward.rs`): tool
 //!   results, resource contents, prompts and completions; block, redact (checked against the
 //!   tool's `outputSchema`) or flag.
-//! - [`screen_server_request`] (server→client sampling/elicitation, before relaying): block or
-//!   flag; a server's question is never rewritten, so `redact` refuses it too.
+//! - [`screen_server_request`] (server→client sampling/elicitation, before relaying): block
+//!   (refused; `approve` too, a server's question cannot be held), redact in place (raw member
+//!   edits, the request keeps its shape) or flag.
 //! - [`screen_list_items`] / [`screen_list_result`] (aggregate and transparent lists) and
-//!   [`screen_instructions`] (initialize): tool metadata poisoning and pins.
+//!   [`screen_instructions`] (initialize): tool metadata poisoning and pins. Quarantines and
+//!   flags are written to the audit trail as `alert` records ([`record_metadata_alerts`]).
 //!
 //! Findings are logged (target `portcullis::alert` at warn for every act and flag) and returned
-//! as a [`ScanReport`] for the call's audit record.
+//! as a [`ScanReport`] for the audit record of the call or server request.
 
 use portcullis_config::scanners::Direction;
 use portcullis_core::envelope::{Envelope, Kind, to_raw};
@@ -26,6 +31,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::Call;
+use super::policy::ApprovalNeed;
 use super::errors::{
     APPROVAL_REQUIRED, ProxyError, QUARANTINED, SCAN_BLOCKED, SCANNER_UNAVAILABLE,
 };
@@ -222,27 +228,87 @@ fn screen_request_inner(
                 report,
             ))
         }
-        Verdict::Approve(reason) => {
-            tracing::warn!(target: "portcullis::alert", agent = %call.principal.agent, target = %what, findings = %report.summary(), "request needs approval (scanners); not available, refused");
+        Verdict::Approve { reason, redacted } if method == "tools/call" => {
+            // Held by the caller (`approval_need` → `crate::approval::hold`), with what other
+            // findings redact already masked: the bytes a reviewer approves are those forwarded.
+            tracing::warn!(target: "portcullis::alert", agent = %call.principal.agent, target = %what, findings = %report.summary(), reason, "arguments need approval (scanners): call held");
+            let mut message = message;
+            if let Some(params) = redacted {
+                message.set_member("params", params);
+            }
+            Ok(message)
+        }
+        Verdict::Approve { reason, .. } => {
+            tracing::warn!(target: "portcullis::alert", agent = %call.principal.agent, target = %what, findings = %report.summary(), "request needs approval (scanners) but cannot be held; refused");
             Err(ProxyError::client(
                 APPROVAL_REQUIRED,
                 format!(
-                    "the arguments of {what} need approval: {reason}; approvals are not available in this build"
+                    "the arguments of {what} need approval: {reason}; only tools/call can be held for a reviewer"
                 ),
             )
-            .with_data(json!({ "findings": report.findings })))
+            .with_data(json!({ "rule": approval_rule(report), "findings": report.findings })))
         }
     }
 }
 
+/// The rule id of a scanner approval: `scanners:{family}.{category}` of its first `approve`
+/// finding.
+fn approval_rule(report: &ScanReport) -> Option<String> {
+    report
+        .findings
+        .iter()
+        .find(|f| f.action == "approve")
+        .map(|f| format!("scanners:{}.{}", f.family, f.category))
+}
+
+/// A `tools/call` whose arguments tripped a scanner's `approve` action (`report` from
+/// [`screen_request`], `message` as it will be forwarded) must be held for a reviewer, like a
+/// call under an `approve` rule: its [`ApprovalNeed`] (the rule named `scanners:{family}.
+/// {category}`, the default reviewer options of `approvals:`). None otherwise.
+pub fn approval_need(
+    server: &str,
+    method: &str,
+    message: &Envelope,
+    report: &ScanReport,
+) -> Option<ApprovalNeed> {
+    if method != "tools/call" {
+        return None;
+    }
+    let rule_id = approval_rule(report)?;
+    let name = message
+        .params()
+        .and_then(RawObject::parse)
+        .and_then(|p| p.get_str("name"))?;
+    Some(ApprovalNeed {
+        rule_id,
+        options: portcullis_policy::ApprovalOptions::default(),
+        tool: names::join(server, &name),
+        args: None,
+    })
+}
+
 /// Scans the final response of a call to `server` (`request` as sent upstream) and returns
-/// what the client gets: unchanged, redacted, or an error in place of the result.
+/// what the client gets — unchanged, redacted, or an error in place of the result — and what
+/// was found (for the call's outcome record).
 pub fn screen_response(
     gateway: &Gateway,
     server: &str,
     method: &str,
     request: &Envelope,
     response: Envelope,
+) -> (Envelope, ScanReport) {
+    let mut report = ScanReport::default();
+    let response = screen_response_inner(gateway, server, method, request, response, &mut report);
+    (response, report)
+}
+
+fn screen_response_inner(
+    gateway: &Gateway,
+    server: &str,
+    method: &str,
+    request: &Envelope,
+    response: Envelope,
+    found: &mut ScanReport,
 ) -> Envelope {
     if !matches!(
         method,
@@ -288,10 +354,11 @@ pub fn screen_response(
         schema.as_deref(),
     );
     let what = subject(server, method, request);
-    let report = screened.report;
+    *found = screened.report;
+    let report = &*found;
     match screened.verdict {
         Verdict::Pass => {
-            alert_flags(&report, &what, "-");
+            alert_flags(report, &what, "-");
             response
         }
         Verdict::Redacted(result) => {
@@ -302,14 +369,14 @@ pub fn screen_response(
         }
         Verdict::Block(reason) => {
             tracing::warn!(target: "portcullis::alert", target = %what, findings = %report.summary(), "result blocked by the scanners");
-            blocked(&format!("the result of {what}"), &reason, &report).to_envelope(response.id())
+            blocked(&format!("the result of {what}"), &reason, report).to_envelope(response.id())
         }
-        Verdict::Approve(reason) => {
-            tracing::warn!(target: "portcullis::alert", target = %what, findings = %report.summary(), "result needs approval (scanners); not available, refused");
+        Verdict::Approve { reason, .. } => {
+            tracing::warn!(target: "portcullis::alert", target = %what, findings = %report.summary(), "result needs approval (scanners), which a result cannot wait for; refused");
             ProxyError::upstream(
                 APPROVAL_REQUIRED,
                 format!(
-                    "the result of {what} needs approval: {reason}; approvals are not available in this build"
+                    "the result of {what} needs approval: {reason}; a result cannot be held for a reviewer"
                 ),
             )
             .with_data(json!({ "findings": report.findings }))
@@ -318,31 +385,42 @@ pub fn screen_response(
     }
 }
 
-/// Scans a server→client request (sampling, elicitation) before it is relayed; Some: the
-/// refusal to send the upstream instead.
+/// Scans a server→client request (sampling, elicitation) before it is relayed: Ok(None) to
+/// relay it as it is, Ok(Some(request)) to relay it with the spans `redact` masks replaced in
+/// place (raw edits of `params`, every other byte as received), Err: the refusal to answer the
+/// upstream with instead (`block`, or `approve`: a server's question cannot be held). With what
+/// was found, for the request's audit record.
 pub fn screen_server_request(
     gateway: &Gateway,
     server: &str,
     request: &Envelope,
-) -> Option<Envelope> {
+) -> (Result<Option<Envelope>, ProxyError>, ScanReport) {
+    let mut report = ScanReport::default();
+    let verdict = screen_server_request_inner(gateway, server, request, &mut report);
+    (verdict, report)
+}
+
+fn screen_server_request_inner(
+    gateway: &Gateway,
+    server: &str,
+    request: &Envelope,
+    found: &mut ScanReport,
+) -> Result<Option<Envelope>, ProxyError> {
     let method = request.method().unwrap_or_default();
     if !matches!(method, "sampling/createMessage" | "elicitation/create") {
-        return None;
+        return Ok(None);
     }
     let runtime = gateway.runtime();
     let profile = runtime.config.scanners.profile(server);
     if !profile.content_enabled(Direction::Response) {
-        return None;
+        return Ok(None);
     }
-    let raw = request.params()?;
-    let refuse = |error: ProxyError| Some(error.to_envelope(request.id()));
-    let Some(value) = request.params_value() else {
-        return refuse(unreadable(&format!("{method} from {server}")));
+    let Some(raw) = request.params() else {
+        return Ok(None);
     };
-    let scanner = match scanner() {
-        Ok(scanner) => scanner,
-        Err(error) => return refuse(unavailable(error)),
-    };
+    let what = format!("{method} from {server}");
+    let value = request.params_value().ok_or_else(|| unreadable(&what))?;
+    let scanner = scanner().map_err(unavailable)?;
     let screened = content::screen(
         scanner,
         profile,
@@ -352,21 +430,26 @@ pub fn screen_server_request(
         Scope::Whole,
         None,
     );
-    let what = format!("{method} from {server}");
-    let report = screened.report;
+    *found = screened.report;
+    let report = &*found;
     let reason = match screened.verdict {
         Verdict::Pass => {
-            alert_flags(&report, &what, "-");
-            return None;
+            alert_flags(report, &what, "-");
+            return Ok(None);
         }
-        Verdict::Block(reason) | Verdict::Approve(reason) => reason,
-        Verdict::Redacted(_) => format!(
-            "{} (a server's request is refused rather than rewritten)",
-            report.summary()
-        ),
+        Verdict::Redacted(params) => {
+            tracing::warn!(target: "portcullis::alert", target = %what, findings = %report.summary(), "server request redacted before reaching the client");
+            let mut request = request.clone();
+            request.set_member("params", params);
+            return Ok(Some(request));
+        }
+        Verdict::Block(reason) => reason,
+        Verdict::Approve { reason, .. } => {
+            format!("{reason} (needs approval, which a server's request cannot wait for)")
+        }
     };
     tracing::warn!(target: "portcullis::alert", target = %what, findings = %report.summary(), "server request refused by the scanners");
-    refuse(blocked(&what, &reason, &report))
+    Err(blocked(&what, &reason, report))
 }
 
 /// The visible items of an aggregate list page of `server` (`field`: `tools`, `prompts`, …).
@@ -393,10 +476,73 @@ pub fn screen_list_items(
     };
     let runtime = gateway.runtime();
     let profile = runtime.config.scanners.profile(server);
-    gateway
+    let kept = gateway
         .scanning
         .metadata
-        .screen_items(scanner, server, kind, items, profile, last_page)
+        .screen_items(scanner, server, kind, items, profile, last_page);
+    record_metadata_alerts(gateway);
+    kept
+}
+
+/// Writes the metadata alerts raised since the last call (quarantines and flags of tools,
+/// prompts and resources, each once per version and process) to the audit trail as `alert`
+/// records: the server, the item (`tool` = `{server}__{tool}` for tools), the event as the rule
+/// (`pin:changed`, `pin:new`, `poisoning`; decision `quarantine` or `flag`), the definition
+/// hashes and the poisoning findings.
+///
+/// Written in the background, durably (spooled when the store is down, as configured): the list
+/// answer that raised them does not wait, and these are rare (first sight of a version).
+pub fn record_metadata_alerts(gateway: &Gateway) {
+    let alerts = gateway.scanning.metadata.take_alerts();
+    if alerts.is_empty() || !gateway.audit.is_enabled() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let trail = gateway.audit.clone();
+    runtime.spawn(async move {
+        for alert in alerts {
+            let event = alert_event(alert);
+            if let Err(error) = trail.record(event).await {
+                tracing::error!(%error, "metadata alert not recorded in the audit trail");
+            }
+        }
+    });
+}
+
+fn alert_event(alert: crate::scanning::metadata::MetadataAlert) -> portcullis_audit::AuditEvent {
+    use portcullis_audit::{AuditEvent, Finding, RecordKind};
+    let mut event = AuditEvent::new(RecordKind::Alert, portcullis_audit::store::now_us());
+    let list_method = match alert.kind {
+        ItemKind::Tool => "tools/list",
+        ItemKind::Prompt => "prompts/list",
+        ItemKind::Resource => "resources/list",
+        ItemKind::Template => "resources/templates/list",
+    };
+    event.method = Some(list_method.to_owned());
+    if alert.kind == ItemKind::Tool {
+        event.tool = Some(names::join(&alert.server, &alert.name));
+    }
+    let (decision, rule) = match alert.event {
+        "flagged" => ("flag", "poisoning".to_owned()),
+        "poisoned" => ("quarantine", "poisoning".to_owned()),
+        other => ("quarantine", format!("pin:{other}")),
+    };
+    event.decision = Some(decision.to_owned());
+    event.rule_id = Some(rule);
+    let version = match &alert.pinned {
+        Some(pinned) => format!("sha256 {} → {}", short(pinned), short(&alert.seen)),
+        None => format!("sha256 {}", short(&alert.seen)),
+    };
+    event.findings.push(Finding {
+        rule: format!("metadata.{}", alert.event),
+        severity: if alert.event == "flagged" { "medium" } else { "high" }.to_owned(),
+        location: Some(format!("{} {} ({version})", alert.kind.label(), alert.name)),
+    });
+    event.findings.extend(alert.findings);
+    event.server = Some(alert.server);
+    event
 }
 
 /// The same for a whole list result on the transparent route.

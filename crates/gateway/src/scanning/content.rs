@@ -108,7 +108,8 @@ impl ScanReport {
     }
 }
 
-fn severity_name(severity: Severity) -> &'static str {
+/// The lowercase name of a severity, as audit records carry it.
+pub(crate) fn severity_name(severity: Severity) -> &'static str {
     match severity {
         Severity::Low => "low",
         Severity::Medium => "medium",
@@ -130,8 +131,13 @@ pub enum Verdict {
     Redacted(Box<RawValue>),
     /// Refuse: the reason names the finding(s), never their text.
     Block(String),
-    /// Hold for a reviewer (fails closed until an approval flow handles it).
-    Approve(String),
+    /// Hold for a reviewer: the reason, and the member with the spans other findings redact
+    /// masked (None: nothing to redact), which is what the reviewer approves and the upstream
+    /// gets.
+    Approve {
+        reason: String,
+        redacted: Option<Box<RawValue>>,
+    },
 }
 
 /// The verdict and the findings behind it.
@@ -339,15 +345,15 @@ pub fn screen(
             report,
         };
     }
-    if let Some(reason) = approve {
-        return Screened {
-            verdict: Verdict::Approve(reason),
-            report,
-        };
-    }
     if redactions.is_empty() {
         return Screened {
-            verdict: Verdict::Pass,
+            verdict: match approve {
+                Some(reason) => Verdict::Approve {
+                    reason,
+                    redacted: None,
+                },
+                None => Verdict::Pass,
+            },
             report,
         };
     }
@@ -386,7 +392,14 @@ pub fn screen(
         }
     }
     Screened {
-        verdict: Verdict::Redacted(member),
+        verdict: match approve {
+            // Approval holds the redacted member: nothing the config redacts gets through.
+            Some(reason) => Verdict::Approve {
+                reason,
+                redacted: Some(member),
+            },
+            None => Verdict::Redacted(member),
+        },
         report,
     }
 }
@@ -585,6 +598,45 @@ mod tests {
         assert!(matches!(screened.verdict, Verdict::Pass), "{screened:?}");
         assert!(screened.report.findings.iter().all(|f| f.action == "flag"));
         assert!(!screened.report.is_empty());
+    }
+
+    #[test]
+    fn approve_keeps_the_redactions_of_other_findings() {
+        let profile = portcullis_config::from_yaml(
+            "scanners: { pii: { email: approve, payment_card: redact } }",
+            "t",
+        )
+        .unwrap()
+        .scanners
+        .default;
+        let text = r#"{"arguments":{"to":"ada@example.com","card":"4111 1111 1111 1111"}}"#;
+        let screened = run(
+            &profile,
+            Direction::Request,
+            text,
+            Scope::Members(&["arguments"]),
+            None,
+        );
+        let Verdict::Approve { reason, redacted } = screened.verdict else {
+            panic!("{screened:?}")
+        };
+        assert!(reason.contains("email (pii) at /arguments/to"), "{reason}");
+        let member = redacted.expect("the card is masked in what waits for approval");
+        assert_eq!(
+            member.get(),
+            r#"{"arguments":{"to":"ada@example.com","card":"[REDACTED:payment_card]"}}"#
+        );
+        let only_approve = run(
+            &profile,
+            Direction::Request,
+            r#"{"arguments":{"to":"ada@example.com"}}"#,
+            Scope::Members(&["arguments"]),
+            None,
+        );
+        assert!(
+            matches!(only_approve.verdict, Verdict::Approve { redacted: None, .. }),
+            "{only_approve:?}"
+        );
     }
 
     #[test]

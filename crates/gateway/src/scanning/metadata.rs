@@ -14,7 +14,9 @@
 //! first sight or quarantined as *new*, as `scanners.pinning.new_tools` says; a poisoned tool
 //! (poisoning action `quarantine`) is quarantined unless a person pinned that exact version.
 //! Quarantined items are left out of the list and calls to them are refused. Each first sight of
-//! a quarantined version raises an alert: a warning in the log and a `tool_definitions` record.
+//! a quarantined (or flagged) version raises an alert: a warning in the log, a `tool_definitions`
+//! record, and a [`MetadataAlert`] the proxy takes ([`MetadataGuard::take_alerts`]) and writes
+//! to the audit trail.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +36,26 @@ use super::pins::{AUTO, DefinitionRow, Pin, Pins};
 const MAX_CACHED_SCANS: usize = 20_000;
 /// Observed items kept; beyond this, unknown items are quarantined without being remembered.
 const MAX_OBSERVED: usize = 50_000;
+/// Alerts waiting to be recorded; beyond this the oldest are dropped (and logged).
+const MAX_PENDING_ALERTS: usize = 1024;
+
+/// A quarantine or a flag on a list item, raised the first time this process sees that version
+/// of it, for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataAlert {
+    pub server: String,
+    pub kind: ItemKind,
+    /// The item's name (tools, prompts) or URI (resources).
+    pub name: String,
+    /// `changed`, `new`, `poisoned` (quarantined) or `flagged` (passed on).
+    pub event: &'static str,
+    /// The pinned version's hash, for a changed tool.
+    pub pinned: Option<String>,
+    /// The hash of the version seen.
+    pub seen: String,
+    /// The poisoning scanner's findings on the definition (rule, severity, JSON pointer).
+    pub findings: Vec<portcullis_audit::Finding>,
+}
 
 /// What kind of list item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -184,6 +206,8 @@ pub struct MetadataGuard {
     memo: Mutex<HashMap<(String, ItemKind), Memo>>,
     observed: RwLock<HashMap<ItemKey, Observed>>,
     alerted: Mutex<HashSet<(ItemKey, String)>>,
+    /// Alerts not recorded yet ([`MetadataGuard::take_alerts`]).
+    alerts: Mutex<std::collections::VecDeque<MetadataAlert>>,
     /// Per server: is the first-use window open (no pins when this process first listed it,
     /// and no last page of its tools seen yet)? New tools are pinned on sight while it is.
     first_use: Mutex<HashMap<String, bool>>,
@@ -372,12 +396,18 @@ impl MetadataGuard {
         }
         if !flagged.is_empty() && self.first_alert(&key, &hash, "flagged") {
             tracing::warn!(target: "portcullis::alert", server, kind = kind.label(), item = name, sha256 = short(&hash), findings = %flagged.join(", "), "metadata flagged by the poisoning scanner (passed on)");
+            self.raise(&key, "flagged", None, &hash, &findings);
         }
         match verdict {
             None => true,
             Some(quarantine) => {
                 if self.first_alert(&key, &hash, quarantine.event()) {
                     tracing::warn!(target: "portcullis::alert", server, kind = kind.label(), item = name, event = quarantine.event(), "{} {} of {server} quarantined: {}", kind.label(), name, quarantine.describe());
+                    let pinned = match &quarantine {
+                        Quarantine::Changed { pinned, .. } => Some(pinned.clone()),
+                        _ => None,
+                    };
+                    self.raise(&key, quarantine.event(), pinned, &hash, &findings);
                     if kind == ItemKind::Tool {
                         self.pins.record(definition_row(
                             server,
@@ -458,6 +488,50 @@ impl MetadataGuard {
                 None
             }
         }
+    }
+
+    /// Queues an alert for the audit trail.
+    fn raise(
+        &self,
+        key: &ItemKey,
+        event: &'static str,
+        pinned: Option<String>,
+        hash: &str,
+        findings: &[PathFinding],
+    ) {
+        let (server, kind, name) = key.clone();
+        let alert = MetadataAlert {
+            server,
+            kind,
+            name,
+            event,
+            pinned,
+            seen: hash.to_owned(),
+            findings: findings
+                .iter()
+                .map(|f| portcullis_audit::Finding {
+                    rule: f.finding.rule.to_owned(),
+                    severity: super::content::severity_name(f.finding.severity).to_owned(),
+                    location: Some(if f.pointer.is_empty() {
+                        "/".to_owned()
+                    } else {
+                        f.pointer.clone()
+                    }),
+                })
+                .collect(),
+        };
+        let mut alerts = self.alerts.lock().expect("poisoned");
+        if alerts.len() >= MAX_PENDING_ALERTS
+            && let Some(dropped) = alerts.pop_front()
+        {
+            tracing::warn!(server = %dropped.server, item = %dropped.name, event = dropped.event, "metadata alert dropped before it was recorded (too many pending)");
+        }
+        alerts.push_back(alert);
+    }
+
+    /// The alerts raised since the last call, oldest first, for the audit trail.
+    pub fn take_alerts(&self) -> Vec<MetadataAlert> {
+        self.alerts.lock().expect("poisoned").drain(..).collect()
     }
 
     /// True the first time (in this process) `event` is seen for this version of this item.
@@ -688,6 +762,18 @@ mod tests {
             .unwrap_err();
         assert!(matches!(refused, Quarantine::Changed { .. }), "{refused:?}");
         assert!(refused.describe().contains("changed since it was pinned"));
+        // One alert for the audit trail, raised once for this version.
+        let alerts = guard.take_alerts();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        let alert = &alerts[0];
+        assert_eq!(
+            (alert.server.as_str(), alert.name.as_str(), alert.event),
+            ("fx", "t", "changed")
+        );
+        assert_eq!(Some(alert.seen.as_str()), refused.seen());
+        assert!(alert.pinned.is_some() && alert.pinned.as_deref() != refused.seen());
+        guard.screen_items(scanner(), "fx", ItemKind::Tool, after.clone(), &profile, true);
+        assert!(guard.take_alerts().is_empty(), "an alert is raised once");
 
         // Approval of the new version (as the CLI does through the store).
         let seen = refused.seen().unwrap().to_owned();
@@ -822,6 +908,14 @@ mod tests {
         assert!(
             guard.pins.get("fx", "p").is_none(),
             "poisoned tools are never auto-pinned"
+        );
+        let alerts = guard.take_alerts();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].event, "poisoned");
+        assert!(
+            !alerts[0].findings.is_empty()
+                && alerts[0].findings.iter().all(|f| f.location.is_some()),
+            "{alerts:?}"
         );
         // A person may approve that exact version.
         let seen = refused.seen().unwrap().to_owned();

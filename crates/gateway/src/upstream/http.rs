@@ -43,6 +43,7 @@ use tokio::sync::{Semaphore, broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::exchange::{self, CallOptions, CallTable, Origin, Outbound};
+use super::oauth::TokenSource;
 use super::stdio::{Discover, classify_discover, legacy_facts};
 use super::{Caller, Connector, Exchange, ServerFacts, Unsolicited, UpstreamError, UpstreamEvent};
 
@@ -99,6 +100,8 @@ struct Inner {
     legacy_sse: bool,
     /// The gateway's own credential headers, marked sensitive.
     credentials: HeaderMap,
+    /// The gateway's OAuth client-credentials token source, added to every request.
+    token: Option<Arc<TokenSource>>,
     client: reqwest::Client,
     request_timeout: Duration,
     table: Arc<CallTable>,
@@ -160,18 +163,66 @@ struct Poster {
     client: reqwest::Client,
     url: Url,
     headers: HeaderMap,
+    token: Option<Arc<TokenSource>>,
 }
 
 impl Poster {
-    async fn post(&self, body: Vec<u8>) -> Result<reqwest::Response, reqwest::Error> {
-        self.client
+    async fn post(&self, body: Vec<u8>) -> Result<reqwest::Response, SendError> {
+        let request = self
+            .client
             .post(self.url.clone())
             .headers(self.headers.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
+            .body(body);
+        send(self.token.as_deref(), request).await
     }
+}
+
+/// Why a request could not be sent.
+#[derive(Debug)]
+enum SendError {
+    /// No access token could be obtained: the request was not sent at all.
+    Token(String),
+    Http(reqwest::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Token(reason) => write!(f, "could not obtain an access token: {reason}"),
+            SendError::Http(error) => write!(f, "could not be reached ({})", error_chain(error)),
+        }
+    }
+}
+
+/// Sends `request` with the OAuth token (if any). A 401 means the upstream refused the request
+/// before processing it, so the token is dropped and the request sent once more with a fresh one.
+/// Without a token the request is never sent.
+async fn send(
+    token: Option<&TokenSource>,
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, SendError> {
+    let Some(token) = token else {
+        return request.send().await.map_err(SendError::Http);
+    };
+    let retry = request.try_clone();
+    let header = token.token().await.map_err(SendError::Token)?;
+    let response = request
+        .header(reqwest::header::AUTHORIZATION, header.clone())
+        .send()
+        .await
+        .map_err(SendError::Http)?;
+    let Some(retry) = retry.filter(|_| response.status() == StatusCode::UNAUTHORIZED) else {
+        return Ok(response);
+    };
+    drop(response);
+    token.reject(&header).await;
+    let header = token.token().await.map_err(SendError::Token)?;
+    retry
+        .header(reqwest::header::AUTHORIZATION, header)
+        .send()
+        .await
+        .map_err(SendError::Http)
 }
 
 impl Outbound for Poster {
@@ -181,6 +232,7 @@ impl Outbound for Poster {
             client: self.client.clone(),
             url: self.url.clone(),
             headers: self.headers.clone(),
+            token: self.token.clone(),
         };
         tokio::spawn(async move {
             match tokio::time::timeout(SIDE_REQUEST_TIMEOUT, poster.post(message.to_bytes())).await
@@ -246,6 +298,12 @@ impl HttpConnector {
                 None,
             ),
         };
+        let token = match &credentials {
+            Some(Credentials::OAuthClientCredentials(oauth)) => {
+                Some(TokenSource::new(oauth.clone(), client.clone()))
+            }
+            _ => None,
+        };
         let (credentials, url) = match credential_headers(credentials.as_ref()) {
             Ok(headers) => (headers, url),
             Err(reason) => (HeaderMap::new(), Err(reason)),
@@ -256,6 +314,7 @@ impl HttpConnector {
                 url,
                 legacy_sse,
                 credentials,
+                token,
                 client,
                 request_timeout: config.request_timeout,
                 table: CallTable::new(&config.name, config.request_timeout),
@@ -331,6 +390,8 @@ fn credential_headers(credentials: Option<&Credentials>) -> Result<HeaderMap, St
                 headers.insert(header, value);
             }
         }
+        // Added per request by the token source.
+        Some(Credentials::OAuthClientCredentials(_)) => {}
     }
     Ok(headers)
 }
@@ -384,6 +445,7 @@ impl Inner {
             client: self.client.clone(),
             url,
             headers,
+            token: self.token.clone(),
         }
     }
 
@@ -532,15 +594,11 @@ impl Inner {
             .post(url.clone())
             .headers(headers)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(request.to_bytes())
-            .send();
+            .body(request.to_bytes());
+        let send = send(self.token.as_deref(), send);
         let response = match tokio::time::timeout(PROBE_TIMEOUT, send).await {
             Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                return Err(
-                    self.unavailable(format!("could not be reached ({})", error_chain(&error)))
-                );
-            }
+            Ok(Err(error)) => return Err(self.unavailable(error.to_string())),
             Err(_) => return Ok(None),
         };
         let mut answer = None;
@@ -766,15 +824,13 @@ impl Inner {
             reqwest::header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),
         );
-        let get = self.client.get(url.clone()).headers(headers).send();
+        let get = send(
+            self.token.as_deref(),
+            self.client.get(url.clone()).headers(headers),
+        );
         let response = match tokio::time::timeout(ENDPOINT_TIMEOUT, get).await {
             Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                return Err(OpenError::Other(format!(
-                    "could not be reached ({})",
-                    error_chain(&error)
-                )));
-            }
+            Ok(Err(error)) => return Err(OpenError::Other(error.to_string())),
             Err(_) => {
                 return Err(OpenError::Other(
                     "did not open its event stream in time".into(),
@@ -873,11 +929,10 @@ impl Inner {
         self.table.fail_session(session.tag, "session ended");
         if let (false, Some(session_id)) = (session.sse, &session.session_id) {
             let headers = self.session_headers(Some(session_id), Some(&session.protocol_version));
-            let delete = self
-                .client
-                .delete(session.post_url.clone())
-                .headers(headers)
-                .send();
+            let delete = send(
+                self.token.as_deref(),
+                self.client.delete(session.post_url.clone()).headers(headers),
+            );
             match tokio::time::timeout(SIDE_REQUEST_TIMEOUT, delete).await {
                 Ok(Ok(response)) => {
                     tracing::debug!(server = %self.name, status = %response.status(), "upstream session deleted")
@@ -985,20 +1040,15 @@ impl Inner {
             .post(url)
             .headers(headers)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(request.to_bytes())
-            .send();
+            .body(request.to_bytes());
+        let send = send(self.token.as_deref(), send);
         let response = tokio::select! {
             _ = cancel.cancelled() => return,
             response = send => response,
         };
         let response = match response {
             Ok(response) => response,
-            Err(error) => {
-                return self.table.fail(
-                    id,
-                    &format!("could not be reached ({})", error_chain(&error)),
-                );
-            }
+            Err(error) => return self.table.fail(id, &error.to_string()),
         };
         let status = response.status();
         if !status.is_success() {
@@ -1074,12 +1124,7 @@ impl Inner {
             };
             let response = match response {
                 Ok(response) => response,
-                Err(error) => {
-                    return self.table.fail(
-                        id,
-                        &format!("could not be reached ({})", error_chain(&error)),
-                    );
-                }
+                Err(error) => return self.table.fail(id, &error.to_string()),
             };
             let status = response.status();
             if status == StatusCode::NOT_FOUND && session.session_id.is_some() && !reopened {
@@ -1146,12 +1191,11 @@ impl Inner {
                 if let Some(value) = header(&last_event_id) {
                     headers.insert("last-event-id", value);
                 }
-                match self
-                    .client
-                    .get(session.post_url.clone())
-                    .headers(headers)
-                    .send()
-                    .await
+                match send(
+                    self.token.as_deref(),
+                    self.client.get(session.post_url.clone()).headers(headers),
+                )
+                .await
                 {
                     Ok(resumed) if resumed.status().is_success() => response = Some(resumed),
                     _ => break,
@@ -1362,11 +1406,10 @@ async fn standalone_stream(inner: Arc<Inner>, session: Arc<Session>) {
             reqwest::header::ACCEPT,
             HeaderValue::from_static("text/event-stream"),
         );
-        let get = inner
-            .client
-            .get(session.post_url.clone())
-            .headers(headers)
-            .send();
+        let get = send(
+            inner.token.as_deref(),
+            inner.client.get(session.post_url.clone()).headers(headers),
+        );
         let response = tokio::select! {
             _ = stop.cancelled() => return,
             response = get => response,

@@ -25,6 +25,7 @@
 
 pub mod exchange;
 pub mod http;
+pub mod oauth;
 pub mod stdio;
 
 use std::sync::Arc;
