@@ -48,8 +48,10 @@ enum Engine {
 }
 
 #[derive(Debug, Parser)]
-#[command(about = "Durable audit appends on SQLite: group commit, one transaction per record, \
-                   and the latency of one append")]
+#[command(
+    about = "Durable audit appends on SQLite: group commit, one transaction per record, \
+                   and the latency of one append"
+)]
 struct Args {
     /// Records appended with group commit.
     #[arg(long, default_value_t = 100_000)]
@@ -244,7 +246,12 @@ fn main() -> anyhow::Result<()> {
         .flat_map(|&sync| args.engine.iter().map(move |&engine| (sync, engine)));
     for (sync, engine) in combos {
         let name = format!("{sync:?}-{engine:?}").to_lowercase();
-        let url = |mode: &str| format!("sqlite://{}", dir.join(format!("{mode}-{name}.db")).display());
+        let url = |mode: &str| {
+            format!(
+                "sqlite://{}",
+                dir.join(format!("{mode}-{name}.db")).display()
+            )
+        };
         let (group, group_secs) = rt.block_on(throughput(
             &url("group"),
             (sync, engine),

@@ -1211,7 +1211,14 @@ async fn scanner_approve_action_holds_the_call_for_a_reviewer() {
         .as_str()
         .unwrap_or_else(|| panic!("the approved call ran: {last}"));
     assert!(text.starts_with("mail "), "{text}");
-    let (_, shown) = admin(&gw.base, "GET", &format!("/approvals/{id}"), Some(VIC), None).await;
+    let (_, shown) = admin(
+        &gw.base,
+        "GET",
+        &format!("/approvals/{id}"),
+        Some(VIC),
+        None,
+    )
+    .await;
     assert_eq!(shown["status"], "approved");
     assert_eq!(shown["decisions"][0]["reviewer"], "dana");
     gw.stop().await;

@@ -622,8 +622,7 @@ async fn relayed_server_requests_discovery_and_listens_are_recorded() {
             .filter(|r| method(&r.event, "subscriptions/listen"))
             .count()
             == 2
-            && r.iter()
-                .any(|r| method(&r.event, "sampling/createMessage"))
+            && r.iter().any(|r| method(&r.event, "sampling/createMessage"))
     })
     .await;
 
@@ -631,7 +630,11 @@ async fn relayed_server_requests_discovery_and_listens_are_recorded() {
         .iter()
         .filter(|r| method(&r.event, "server/discover"))
         .collect();
-    assert_eq!(discover.len(), 1, "one record for a request the gateway answers: {r:#?}");
+    assert_eq!(
+        discover.len(),
+        1,
+        "one record for a request the gateway answers: {r:#?}"
+    );
     let e = &discover[0].event;
     assert_eq!(e.kind, RecordKind::Call);
     assert_eq!(e.decision.as_deref(), Some("allow"));
@@ -666,7 +669,10 @@ async fn relayed_server_requests_discovery_and_listens_are_recorded() {
         .collect();
     let (opened, closed) = (&listens[0].event, &listens[1].event);
     assert_eq!(opened.decision.as_deref(), Some("allow"));
-    assert_eq!(opened.outcome, None, "the decision record when the listen opens");
+    assert_eq!(
+        opened.outcome, None,
+        "the decision record when the listen opens"
+    );
     assert_eq!(opened.server, None, "the aggregate listen spans servers");
     assert!(
         matches!(closed.outcome, Some(Outcome::Error { .. })),

@@ -653,7 +653,13 @@ async fn kill_agent_ends_its_open_get_and_legacy_sse_streams() {
 
 /// Opens a modern (2026-07-28) `subscriptions/listen` with `id` on `path` as `token`; the
 /// answer is read as it arrives.
-async fn listen(gw: &Gateway, path: &str, token: &str, id: &str, notifications: Value) -> EventStream {
+async fn listen(
+    gw: &Gateway,
+    path: &str,
+    token: &str,
+    id: &str,
+    notifications: Value,
+) -> EventStream {
     let body = json!({
         "jsonrpc": "2.0", "id": id, "method": "subscriptions/listen",
         "params": {
@@ -702,20 +708,37 @@ async fn kill_server_ends_its_listen_stream() {
     let gw = control_gateway().await;
     let uri = "portcullis://fx/test://watched-resource";
     // On the aggregate, a listen to fx only; on fx's own route, a forwarded listen.
-    let mut aggregate = listen(&gw, "/mcp", ALICE, "agg", json!({ "resourceSubscriptions": [uri] })).await;
+    let mut aggregate = listen(
+        &gw,
+        "/mcp",
+        ALICE,
+        "agg",
+        json!({ "resourceSubscriptions": [uri] }),
+    )
+    .await;
     let ack = acknowledged(&mut aggregate).await;
     assert_eq!(
         ack["params"]["notifications"]["resourceSubscriptions"],
         json!([uri])
     );
-    let mut direct = listen(&gw, "/mcp/fx", ALICE, "direct", json!({ "toolsListChanged": true })).await;
+    let mut direct = listen(
+        &gw,
+        "/mcp/fx",
+        ALICE,
+        "direct",
+        json!({ "toolsListChanged": true }),
+    )
+    .await;
     acknowledged(&mut direct).await;
 
     kill(&gw, "server", Some("fx")).await;
     for (stream, id) in [(&mut aggregate, "agg"), (&mut direct, "direct")] {
         let last = listen_ends(stream, id).await;
         assert_eq!(last["error"]["code"], -31012, "{id}: {last}");
-        assert_eq!(last["error"]["data"]["rule"], "kill:server:fx", "{id}: {last}");
+        assert_eq!(
+            last["error"]["data"]["rule"], "kill:server:fx",
+            "{id}: {last}"
+        );
     }
 
     // While fx is killed: its route refuses a listen, the aggregate grants nothing of fx.
@@ -729,9 +752,19 @@ async fn kill_server_ends_its_listen_stream() {
     )
     .await;
     assert_eq!(error_code(&refused), Some(-31012), "{refused:?}");
-    let mut again = listen(&gw, "/mcp", ALICE, "again", json!({ "resourceSubscriptions": [uri] })).await;
+    let mut again = listen(
+        &gw,
+        "/mcp",
+        ALICE,
+        "again",
+        json!({ "resourceSubscriptions": [uri] }),
+    )
+    .await;
     let ack = acknowledged(&mut again).await;
-    assert_eq!(ack["params"]["notifications"]["resourceSubscriptions"], json!([]));
+    assert_eq!(
+        ack["params"]["notifications"]["resourceSubscriptions"],
+        json!([])
+    );
     gw.stop().await;
 }
 
@@ -799,11 +832,17 @@ async fn list_changes(
         .await
         .expect("a notification arrives")
         .unwrap();
-    assert_eq!(first["method"], "notifications/tools/list_changed", "{first}");
+    assert_eq!(
+        first["method"], "notifications/tools/list_changed",
+        "{first}"
+    );
     let mut count = 1;
     let deadline = tokio::time::Instant::now() + window;
     while let Ok(Some(message)) = tokio::time::timeout_at(deadline, messages.recv()).await {
-        assert_eq!(message["method"], "notifications/tools/list_changed", "{message}");
+        assert_eq!(
+            message["method"], "notifications/tools/list_changed",
+            "{message}"
+        );
         count += 1;
     }
     count
@@ -859,10 +898,14 @@ async fn until_changes_flow(
         if let Ok(Some(first)) =
             tokio::time::timeout(Duration::from_millis(250), messages.recv()).await
         {
-            assert_eq!(first["method"], "notifications/tools/list_changed", "{first}");
+            assert_eq!(
+                first["method"], "notifications/tools/list_changed",
+                "{first}"
+            );
             while let Ok(Some(_)) =
                 tokio::time::timeout(Duration::from_millis(500), messages.recv()).await
-            {}
+            {
+            }
             return;
         }
     }
@@ -881,7 +924,8 @@ async fn kill_server_stops_its_notifications_on_the_aggregate_get_stream() {
             ..Default::default()
         },
     ));
-    let gw = gateway_with_servers(&[("fy", format!("{{ url: {fy_url} }}"))], &control_yaml("")).await;
+    let gw =
+        gateway_with_servers(&[("fy", format!("{{ url: {fy_url} }}"))], &control_yaml("")).await;
     let mut client = LegacyClient::connect(&gw, "/mcp", ALICE, json!({})).await;
     let get = gw
         .http
@@ -931,7 +975,14 @@ async fn revoked_task_token_ends_its_calls_in_flight() {
         .await
         .unwrap();
     assert_eq!(get.status(), 200);
-    let mut listening = listen(&gw, "/mcp", &token, "task", json!({ "toolsListChanged": true })).await;
+    let mut listening = listen(
+        &gw,
+        "/mcp",
+        &token,
+        "task",
+        json!({ "toolsListChanged": true }),
+    )
+    .await;
     acknowledged(&mut listening).await;
     let mut stream = client
         .request_stream(
@@ -939,7 +990,10 @@ async fn revoked_task_token_ends_its_calls_in_flight() {
             json!({ "name": "fx__test_sampling", "arguments": { "prompt": "hold on" } }),
         )
         .await;
-    assert_eq!(stream.next_request().await["method"], "sampling/createMessage");
+    assert_eq!(
+        stream.next_request().await["method"],
+        "sampling/createMessage"
+    );
     // Someone else's call is not affected.
     let mut bob = LegacyClient::connect(&gw, "/mcp", BOB, json!({ "sampling": {} })).await;
     let mut bobs = bob
@@ -957,7 +1011,10 @@ async fn revoked_task_token_ends_its_calls_in_flight() {
     let last = stream.until_response(&call_id).await.pop().unwrap();
     assert_eq!(last["error"]["code"], -31014, "{last}");
     let message = last["error"]["message"].as_str().unwrap();
-    assert!(message.contains(&id) && message.contains("revoked"), "{message}");
+    assert!(
+        message.contains(&id) && message.contains("revoked"),
+        "{message}"
+    );
     assert_eq!(last["error"]["data"]["rule"], format!("task-token:{id}"));
     let last = listen_ends(&mut listening, "task").await;
     assert_eq!(last["error"]["code"], -31014, "{last}");
@@ -968,7 +1025,11 @@ async fn revoked_task_token_ends_its_calls_in_flight() {
         json!({ "role": "assistant", "content": { "type": "text", "text": "ok" }, "model": "m", "stopReason": "endTurn" }),
     )
     .await;
-    let bobs_last = bobs.until_response(&json!(bob.last_id())).await.pop().unwrap();
+    let bobs_last = bobs
+        .until_response(&json!(bob.last_id()))
+        .await
+        .pop()
+        .unwrap();
     assert_eq!(
         bobs_last["result"]["content"][0]["text"], "LLM response: ok",
         "{bobs_last}"

@@ -787,10 +787,10 @@ async fn server_bound_token_works_on_that_servers_legacy_sse_connection() {
             text.push_str(&String::from_utf8_lossy(
                 &body.next().await.unwrap().unwrap(),
             ));
-            if let Some(line) = text.lines().find_map(|l| l.strip_prefix("data:")) {
-                if text.contains("\n\n") {
-                    return line.trim().to_owned();
-                }
+            if let Some(line) = text.lines().find_map(|l| l.strip_prefix("data:"))
+                && text.contains("\n\n")
+            {
+                return line.trim().to_owned();
             }
         }
     })

@@ -912,7 +912,9 @@ async fn exported_record(storage: &str, matches: impl Fn(&Value) -> bool) -> Val
 fn has_finding(record: &Value, rule_prefix: &str, location: &str) -> bool {
     record["findings"].as_array().is_some_and(|findings| {
         findings.iter().any(|f| {
-            f["rule"].as_str().is_some_and(|r| r.starts_with(rule_prefix))
+            f["rule"]
+                .as_str()
+                .is_some_and(|r| r.starts_with(rule_prefix))
                 && f["location"] == location
                 && f["severity"].as_str().is_some()
         })
@@ -1053,7 +1055,10 @@ async fn sampling_request_with_an_email_is_redacted_in_place_and_a_secret_is_ref
         .await;
     let messages = stream.until_response(&json!(client.last_id())).await;
     let result = &messages.last().unwrap()["result"];
-    assert_eq!(result["content"][0]["text"], "LLM response: Sent.", "{messages:?}");
+    assert_eq!(
+        result["content"][0]["text"], "LLM response: Sent.",
+        "{messages:?}"
+    );
     let relayed = exported_record(&storage, |r| {
         r["method"] == "sampling/createMessage" && r["decision"] == "allow"
     })

@@ -12,8 +12,9 @@
 //!   checkpoint: { every: 1000, interval: 10s }   # signed checkpoints (and one at shutdown)
 //!   on_failure: fail_closed            # or `spool`: a local append-only file replayed later
 //!   spool_file: audit.spool            # default: next to the SQLite file / ./portcullis-audit.spool
-//!   sync: full                         # SQLite: `full` fsyncs each commit; `normal` survives
-//!                                      # kill -9 but not a power cut
+//!   sync: normal                       # SQLite (default `normal`): survives kill -9 and restarts;
+//!                                      # `full` also survives a power cut, at the cost of an
+//!                                      # fsync per group commit
 //!   await_outcome: true                # the answer waits until its outcome record is durable
 //!   retention: { days: 90, interval: 1h }        # older records deleted behind a signed tombstone
 //!   sinks: [...]                       # SIEM export (crate::sinks; run by portcullis-export)
@@ -61,7 +62,7 @@ pub struct RawAudit {
     pub on_failure: Option<String>,
     /// The spool file for `on_failure: spool`.
     pub spool_file: Option<PathBuf>,
-    /// SQLite durability: `full` (default) or `normal`.
+    /// SQLite durability: `normal` (default) or `full`.
     pub sync: Option<String>,
     /// Hold each answer until its outcome record is durable (default true).
     pub await_outcome: Option<bool>,
@@ -102,15 +103,18 @@ pub enum OnAuditFailure {
     Spool,
 }
 
-/// SQLite commit durability of the audit store.
+/// SQLite commit durability of the audit store (PostgreSQL keeps the server's own settings,
+/// e.g. `synchronous_commit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AuditSync {
-    /// Every commit is fsynced: durable against a power cut.
+    /// WAL without an fsync per commit (the default): a committed record is in the WAL file
+    /// before the call goes on, so it survives the process being killed (`kill -9`) and
+    /// restarted, not a power cut or a kernel crash.
     #[default]
-    Full,
-    /// WAL without an fsync per commit: durable against a process crash (`kill -9`), not a
-    /// power cut. Much lower latency on slow disks.
     Normal,
+    /// Every group commit is fsynced: durable against a power cut too, at the cost of an fsync
+    /// (milliseconds on many disks) in the path of every call.
+    Full,
 }
 
 /// `audit.retention`, compiled.
@@ -156,7 +160,7 @@ impl Default for AuditConfig {
             checkpoint_interval: Duration::from_secs(10),
             on_failure: OnAuditFailure::FailClosed,
             spool_file: None,
-            sync: AuditSync::Full,
+            sync: AuditSync::Normal,
             await_outcome: true,
             retention: None,
             sinks: Vec::new(),
@@ -336,15 +340,15 @@ pub(crate) fn compile(
         }
     };
     let sync = match raw.sync.as_deref() {
-        None | Some("full") => AuditSync::Full,
-        Some("normal") => AuditSync::Normal,
+        None | Some("normal") => AuditSync::Normal,
+        Some("full") => AuditSync::Full,
         Some(other) => {
             push(
                 errors,
                 "audit.sync",
-                format!("unknown value {other:?}: expected `full` or `normal`"),
+                format!("unknown value {other:?}: expected `normal` or `full`"),
             );
-            AuditSync::Full
+            AuditSync::Normal
         }
     };
     if !enabled {
@@ -450,13 +454,13 @@ mod tests {
     }
 
     #[test]
-    fn defaults_fail_closed_with_full_sync() {
+    fn defaults_fail_closed_with_normal_sync() {
         let config = Loader::with_vars([("X", "y")])
             .from_yaml("listen: 127.0.0.1:1\n", "t")
             .unwrap();
         assert!(config.audit.enabled);
         assert_eq!(config.audit.on_failure, OnAuditFailure::FailClosed);
-        assert_eq!(config.audit.sync, AuditSync::Full);
+        assert_eq!(config.audit.sync, AuditSync::Normal);
         assert!(config.audit.await_outcome);
         assert!(config.audit.signing_key.is_none());
         assert!(config.warnings().iter().all(|w| !w.contains("audit")));
@@ -469,14 +473,14 @@ mod tests {
             ("PORTCULLIS_AUDIT_FINGERPRINT_KEY", "0123456789abcdef0123"),
         ])
         .from_yaml(
-            "audit:\n  chain_id: gw-1\n  on_failure: spool\n  sync: normal\n  await_outcome: false\n  checkpoint: { every: 5, interval: 2s }\n  retention: { days: 30 }\n  sinks: [{ file: /tmp/x.jsonl }]\n",
+            "audit:\n  chain_id: gw-1\n  on_failure: spool\n  sync: full\n  await_outcome: false\n  checkpoint: { every: 5, interval: 2s }\n  retention: { days: 30 }\n  sinks: [{ file: /tmp/x.jsonl }]\n",
             "t",
         )
         .unwrap();
         let a = &config.audit;
         assert_eq!(a.chain_id.as_deref(), Some("gw-1"));
         assert_eq!(a.on_failure, OnAuditFailure::Spool);
-        assert_eq!(a.sync, AuditSync::Normal);
+        assert_eq!(a.sync, AuditSync::Full);
         assert!(!a.await_outcome);
         assert_eq!(a.checkpoint_every, 5);
         assert_eq!(a.checkpoint_interval.as_secs(), 2);

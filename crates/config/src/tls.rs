@@ -103,7 +103,7 @@ pub fn compile(
             message,
         })
     };
-    let mut file = |path: &str, value: Option<PathBuf>, error: &mut dyn FnMut(&str, String)| {
+    let file = |path: &str, value: Option<PathBuf>, error: &mut dyn FnMut(&str, String)| {
         let Some(value) = value else {
             error(path, "is required when tls is set".to_owned());
             return None;

@@ -17,12 +17,19 @@
 
 use crate::{Config, ConfigErrors, Loader};
 use notify::event::{AccessKind, AccessMode};
-use notify::{Event, EventKind, RecursiveMode, Watcher};
+use notify::{Event, EventKind};
+#[cfg(not(target_os = "linux"))]
+use notify::{RecursiveMode, Watcher};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// Linux watches through inotify directly, without subscribing to every write in the directory.
+#[cfg(target_os = "linux")]
+#[path = "watch_inotify.rs"]
+mod inotify_watch;
 
 /// Quiet period after the last event before the file is read again.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -90,17 +97,26 @@ impl Loader {
         let file_name = file_name.to_os_string();
 
         let (event_tx, event_rx) = std_mpsc::channel::<notify::Result<Event>>();
-        let mut watcher =
-            notify::recommended_watcher(event_tx).map_err(|source| WatchError::Notify {
-                dir: dir.clone(),
-                source,
-            })?;
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|source| WatchError::Notify {
-                dir: dir.clone(),
-                source,
-            })?;
+        #[cfg(target_os = "linux")]
+        let watcher = inotify_watch::watch_dir(&dir, event_tx).map_err(|e| WatchError::Notify {
+            dir: dir.clone(),
+            source: notify::Error::io(e),
+        })?;
+        #[cfg(not(target_os = "linux"))]
+        let watcher = {
+            let mut watcher =
+                notify::recommended_watcher(event_tx).map_err(|source| WatchError::Notify {
+                    dir: dir.clone(),
+                    source,
+                })?;
+            watcher
+                .watch(&dir, RecursiveMode::NonRecursive)
+                .map_err(|source| WatchError::Notify {
+                    dir: dir.clone(),
+                    source,
+                })?;
+            watcher
+        };
 
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let loader = self.clone();

@@ -261,7 +261,7 @@ fn empty_file_is_all_defaults() {
 fn unknown_keys_at_every_depth() {
     check(
         "lisen: 127.0.0.1:1",
-        "lisen: unknown field, expected one of `listen`, `public_url`, `storage`, `allowed_origins`, `limits`, `servers`, `auth`, `rules`, `scanners`, `audit`, `admin`, `approvals` (line 1, column 1)",
+        "lisen: unknown field, expected one of `listen`, `public_url`, `storage`, `allowed_origins`, `limits`, `servers`, `auth`, `rules`, `scanners`, `audit`, `admin`, `approvals`, `telemetry`, `tls` (line 1, column 1)",
     );
     check(
         "
@@ -1024,11 +1024,15 @@ fn oidc() {
 #[test]
 fn oidc_validation_settings() {
     // Defaults: 60 s skew, every supported asymmetric algorithm, 30 s refetch interval.
-    let config = check("auth: { oidc: { issuer: https://idp.example.com } }", "ok").expect("compiles");
+    let config =
+        check("auth: { oidc: { issuer: https://idp.example.com } }", "ok").expect("compiles");
     let oidc = config.auth.oidc.expect("oidc");
     assert_eq!(oidc.clock_skew, std::time::Duration::from_secs(60));
     assert_eq!(oidc.algorithms, portcullis_config::OIDC_ALGORITHMS.to_vec());
-    assert_eq!(oidc.jwks_refetch_interval, std::time::Duration::from_secs(30));
+    assert_eq!(
+        oidc.jwks_refetch_interval,
+        std::time::Duration::from_secs(30)
+    );
     assert!(oidc.required_scopes.is_empty());
 
     let config = check(
@@ -1040,7 +1044,10 @@ fn oidc_validation_settings() {
     assert_eq!(oidc.clock_skew, std::time::Duration::ZERO);
     assert_eq!(oidc.algorithms, ["ES256", "EdDSA"]);
     assert_eq!(oidc.required_scopes, ["mcp:tools"]);
-    assert_eq!(oidc.jwks_refetch_interval, std::time::Duration::from_secs(300));
+    assert_eq!(
+        oidc.jwks_refetch_interval,
+        std::time::Duration::from_secs(300)
+    );
 
     check(
         r#"auth: { oidc: { issuer: https://idp.example.com, algorithms: [RS256, none, HS256], required_scopes: ["a b", 'q"'], clock_skew: soon, jwks_refetch_interval: 0s } }"#,

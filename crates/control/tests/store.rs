@@ -229,7 +229,10 @@ async fn token_lifecycle(a: Store, b: Store) {
         .await
         .expect("a waiter on this replica wakes at the revocation")
         .unwrap();
-    assert!(!there_waits.is_finished(), "the other replica learns at its refresh");
+    assert!(
+        !there_waits.is_finished(),
+        "the other replica learns at its refresh"
+    );
     assert_eq!(
         control
             .tokens

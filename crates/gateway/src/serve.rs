@@ -38,6 +38,12 @@ pub async fn start_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
     let local_addr = listener.local_addr()?;
+    // `tls:` files are read before anything else starts: a bad key is a start-up error.
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::TlsListener::new)
+        .transpose()?;
     let source = config.source.clone();
     let idle = config.limits.session_idle_timeout;
     let store = portcullis_store::Store::connect(&config.storage)
@@ -74,12 +80,18 @@ pub async fn start_on(
     };
     let stopping = gateway.clone();
     let done = tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                stopping.shutting_down.cancel();
-            })
-            .await;
+        let shutdown = async move {
+            shutdown.await;
+            stopping.shutting_down.cancel();
+        };
+        let result = match tls {
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            Some(tls) => tls.serve(listener, app, shutdown).await,
+        };
         reaper.abort();
         control_poller.abort();
         if let Some(watcher) = watcher {
@@ -125,7 +137,9 @@ async fn watch_config(gateway: Arc<Gateway>, path: std::path::PathBuf) {
         match revision {
             Ok(config) => {
                 if config.telemetry != gateway.runtime().config.telemetry {
-                    tracing::warn!("telemetry changed in the config file; it takes effect only after a restart");
+                    tracing::warn!(
+                        "telemetry changed in the config file; it takes effect only after a restart"
+                    );
                 }
                 if config.listen != gateway.runtime().config.listen {
                     tracing::warn!(
@@ -141,7 +155,10 @@ async fn watch_config(gateway: Arc<Gateway>, path: std::path::PathBuf) {
             }
             Err(errors) => {
                 tracing::error!(path = %path.display(), %errors, "config reload rejected; keeping the last good config");
-                gateway.audit.config_change(&path, Some(&errors.to_string())).await;
+                gateway
+                    .audit
+                    .config_change(&path, Some(&errors.to_string()))
+                    .await;
             }
         }
     }

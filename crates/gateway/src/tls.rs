@@ -113,8 +113,10 @@ impl TlsListener {
             let app = app.clone();
             let stopping = stopping.clone();
             connections.spawn(async move {
-                let stream =
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                // A handshake still under way at shutdown is dropped, not waited for.
+                let stream = tokio::select! {
+                    result = handshake => match result {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(error)) => {
                             tracing::debug!(%peer, %error, "TLS handshake refused");
@@ -124,7 +126,9 @@ impl TlsListener {
                             tracing::debug!(%peer, "TLS handshake timed out");
                             return;
                         }
-                    };
+                    },
+                    () = stopping.cancelled() => return,
+                };
                 let cert = client.as_deref().and_then(|config| {
                     let leaf = stream.get_ref().1.peer_certificates()?.first()?;
                     Some(Arc::new(ClientCert::from_der(leaf, config)))
@@ -145,10 +149,14 @@ async fn serve_connection(
     cert: Option<Arc<ClientCert>>,
     stopping: CancellationToken,
 ) {
-    let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-        let app = app.clone();
-        client_cert::scope(cert.clone(), app.oneshot(request.map(axum::body::Body::new)))
-    });
+    let service =
+        hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            let app = app.clone();
+            client_cert::scope(
+                cert.clone(),
+                app.oneshot(request.map(axum::body::Body::new)),
+            )
+        });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(connection);

@@ -152,7 +152,10 @@ mod tests {
         let info = schemas.info("billing", "refund").unwrap();
         assert_eq!(info.description.as_deref(), Some("Refund a charge"));
         assert_eq!(info.annotations.as_ref().unwrap()["destructiveHint"], true);
-        assert_eq!(*schemas.info("billing", "bare").unwrap(), ToolInfo::default());
+        assert_eq!(
+            *schemas.info("billing", "bare").unwrap(),
+            ToolInfo::default()
+        );
         assert!(schemas.info("other", "refund").is_none());
         assert!(schemas.is_empty(), "no mirrored headers were listed");
     }

@@ -13,6 +13,7 @@
 //! Unseparated digit runs count as phone numbers only after a phone keyword or a `+`.
 
 mod matchers;
+mod stretches;
 
 use regex::bytes::Regex;
 
@@ -112,14 +113,9 @@ impl PiiDetector {
                 }
             }
         }
-        let mut iban_candidates = [0usize; 8];
-        let mut iban_count = 0;
-        self.numeric_runs(text, &mut out, &mut |c| {
-            if let Some(slot) = iban_candidates.get_mut(iban_count) {
-                *slot = c;
-            }
-            iban_count += 1;
-        });
+        // IBAN candidates are rare in ordinary text: no allocation unless there is one.
+        let mut iban_candidates: Vec<usize> = Vec::new();
+        self.numeric_runs(text, &mut out, &mut |c| iban_candidates.push(c));
         let mut iban_done = 0;
         let mut try_iban = |c: usize, out: &mut Vec<Finding>| {
             if c < iban_done {
@@ -142,15 +138,8 @@ impl PiiDetector {
                 );
             }
         };
-        if iban_count > iban_candidates.len() {
-            // More candidates than the buffer holds: find them all again.
-            for c in iban_starts(bytes) {
-                try_iban(c, &mut out);
-            }
-        } else {
-            for &c in &iban_candidates[..iban_count] {
-                try_iban(c, &mut out);
-            }
+        for &c in &iban_candidates {
+            try_iban(c, &mut out);
         }
         let mut ipv6_done = 0;
         for (s, e) in ipv6_windows(bytes) {
@@ -216,57 +205,23 @@ impl PiiDetector {
         out
     }
 
-    /// The matches of `numeric`, classified, exactly as `find_iter` over the whole text would
-    /// give them, but the regex only runs inside stretches of number characters (every match
-    /// lies within one) that hold enough digits for `classify_numeric` to keep anything.
+    /// The numeric-run matches, classified, exactly as `find_iter` of the pattern over the
+    /// whole text would give them, but looked for only inside stretches of number characters
+    /// (every match lies within one) that hold enough digits for `classify_numeric` to keep
+    /// anything; IBAN candidates go to `iban`.
     fn numeric_runs(&self, text: &str, out: &mut Vec<Finding>, iban: &mut impl FnMut(usize)) {
         let bytes = text.as_bytes();
-        let n = bytes.len();
-        let mut i = 0;
-        while i < n {
-            // Next digit.
-            match next_digit(bytes, i) {
-                Some(d) => i = d,
-                None => break,
-            }
-            // The stretch of number characters around it (earlier stretches are done).
-            let mut s = i;
-            while s > 0 && number_char(bytes[s - 1]) {
-                s -= 1;
-            }
-            let (mut digits, mut dots) = (0usize, 0usize);
-            for &b in &bytes[s..i] {
-                dots += usize::from(b == b'.');
-            }
-            let mut e = i;
-            while e < n && number_char(bytes[e]) {
-                let digit = bytes[e].is_ascii_digit();
-                // A digit run opening after two letters that follow a non-word byte may
-                // start an IBAN (`DE89 3704…`).
-                if digit
-                    && e >= 2
-                    && !bytes[e - 1].is_ascii_digit()
-                    && e + 1 < n
-                    && bytes[e + 1].is_ascii_digit()
-                    && bytes[e - 1].is_ascii_alphabetic()
-                    && bytes[e - 2].is_ascii_alphabetic()
-                    && (e == 2 || !(bytes[e - 3].is_ascii_alphanumeric() || bytes[e - 3] == b'_'))
-                {
-                    iban(e - 2);
-                }
-                digits += usize::from(digit);
-                dots += usize::from(bytes[e] == b'.');
-                e += 1;
-            }
-            if digits >= 7 || (digits >= 4 && dots >= 3) {
+        stretches::scan(
+            bytes,
+            |s, e| {
                 let mut pos = s;
                 while let Some((ms, me)) = matchers::numeric_find(bytes, pos, e) {
                     self.classify_numeric(text, ms, me, out);
                     pos = me.max(pos + 1);
                 }
-            }
-            i = e.max(i + 1);
-        }
+            },
+            iban,
+        );
     }
 
     fn classify_numeric(&self, text: &str, start: usize, end: usize, out: &mut Vec<Finding>) {
@@ -391,60 +346,6 @@ const DOB_KEYWORDS: &[&str] = &["born", "birth", "dob"];
 /// Item ids of the keyword patterns in the shared prefilter.
 const DOB_ITEM: u16 = 0;
 const PASSPORT_ITEM: u16 = 1;
-
-/// A byte the `numeric` pattern can match: digits, `+ ( ) . -`, space and the `x`/`ext` suffix.
-fn number_char(b: u8) -> bool {
-    matches!(
-        b,
-        b'0'..=b'9' | b' ' | b'.' | b'-' | b'(' | b')' | b'+' | b'x' | b'e' | b't'
-    )
-}
-
-/// The first ASCII digit at or after `from`, eight bytes at a time.
-fn next_digit(bytes: &[u8], mut from: usize) -> Option<usize> {
-    const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    while let Some(c) = bytes.get(from..from + 8) {
-        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        let x = v & LO7;
-        let ge0 = (x + u64::from_ne_bytes([0x80 - b'0'; 8])) & HI;
-        let gt9 = (x + u64::from_ne_bytes([0x80 - b'9' - 1; 8])) & HI;
-        let digits = ge0 & !gt9 & !(v & HI);
-        if digits != 0 {
-            return Some(from + (digits.trailing_zeros() / 8) as usize);
-        }
-        from += 8;
-    }
-    bytes
-        .get(from..)?
-        .iter()
-        .position(u8::is_ascii_digit)
-        .map(|p| from + p)
-}
-
-/// Positions where an IBAN can start: two ASCII letters, two digits, and no word character
-/// before (found from the digit runs, so text without digits costs one skim).
-fn iban_starts(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    let mut i = 0;
-    std::iter::from_fn(move || {
-        loop {
-            let d = next_digit(bytes, i)?;
-            let run_end = d + bytes[d..]
-                .iter()
-                .position(|b| !b.is_ascii_digit())
-                .unwrap_or(bytes.len() - d);
-            i = run_end.max(d + 1);
-            if d >= 2
-                && run_end - d >= 2
-                && bytes[d - 1].is_ascii_alphabetic()
-                && bytes[d - 2].is_ascii_alphabetic()
-                && (d == 2 || !(bytes[d - 3].is_ascii_alphanumeric() || bytes[d - 3] == b'_'))
-            {
-                return Some(d - 2);
-            }
-        }
-    })
-}
 
 /// Windows that may hold an IPv6 address: around a `::`, or a chain of at least seven
 /// colons joining groups of one to four hex digits.

@@ -64,65 +64,6 @@ fn is_word(b: u8) -> bool {
     b.wrapping_sub(b'a') < 26 || b.wrapping_sub(b'0') < 10 || b == b'_' || b >= 0x80
 }
 
-const LO7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-/// `0x80` in each byte of `x` (bytes < 0x80) that is at least `lo`.
-#[inline(always)]
-fn at_least(x: u64, lo: u8) -> u64 {
-    (x + u64::from_ne_bytes([0x80 - lo; 8])) & HI
-}
-
-/// Bit `j` set when byte `j` of the eight little-endian bytes `v` is a word byte ([`is_word`]),
-/// computed with SWAR arithmetic.
-#[inline(always)]
-fn word_bits8(v: u64) -> u64 {
-    let high = v & HI;
-    let x = v & LO7;
-    let letter = at_least(x, b'a') & !at_least(x, b'z' + 1);
-    let digit = at_least(x, b'0') & !at_least(x, b'9' + 1);
-    let u = x ^ u64::from_ne_bytes([b'_'; 8]);
-    let underscore = !(((u & LO7) + LO7) | u) & HI;
-    let flags = high | letter | digit | underscore;
-    ((flags >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
-}
-
-/// Bit `j` set when `chunk[j]` (of 64 lowercased bytes) is a word byte.
-#[inline(always)]
-fn word_mask(chunk: &[u8]) -> u64 {
-    let mut m = 0u64;
-    for (k, c) in chunk.chunks_exact(8).enumerate() {
-        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        m |= word_bits8(v) << (8 * k);
-    }
-    m
-}
-
-/// Bit `j` set when byte `j` of the eight bytes `v` is `_` (`under`) or an ASCII uppercase
-/// letter (`upper`, for the original text).
-#[inline(always)]
-fn marks8(v: u64, under: bool) -> u64 {
-    let x = v & LO7;
-    let flags = if under {
-        let u = x ^ u64::from_ne_bytes([b'_'; 8]);
-        !(((u & LO7) + LO7) | u) & HI & !(v & HI)
-    } else {
-        at_least(x, b'A') & !at_least(x, b'Z' + 1) & !(v & HI)
-    };
-    ((flags >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
-}
-
-/// Bits of `_` in 64 lowercased bytes, or of uppercase letters in 64 original bytes.
-#[inline(always)]
-fn marks_mask(chunk: &[u8], under: bool) -> u64 {
-    let mut m = 0u64;
-    for (k, c) in chunk.chunks_exact(8).enumerate() {
-        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        m |= marks8(v, under) << (8 * k);
-    }
-    m
-}
-
 /// The low `n` bits set.
 #[inline(always)]
 fn ones(n: usize) -> u64 {
@@ -194,10 +135,16 @@ pub(crate) struct Lexicon {
     /// Bloom filter over the first three bytes of every key (two for a two-byte word): most
     /// words fail this one test and cost no table probe.
     first_three: Vec<u64>,
+    /// Bloom filter over the *shapes* a word can match a key by (see [`shape_bits`]): a word
+    /// failing it cannot hit any key, which the word pass tests for every word without a branch.
+    shapes: Box<[u64; SHAPE_BITS / 64]>,
+    /// Whether some key starts with a digit; if none does, words starting with one (numbers,
+    /// a large share of the words of tool results) are not looked up.
+    digit_keys: bool,
     /// Literals without a usable word, searched as bytes.
     symbols: Vec<(Vec<u8>, u32)>,
-    /// The distinct first bytes of the symbols, in groups of up to three for `memchr3`.
-    symbol_starts: Vec<[u8; 3]>,
+    /// The distinct first bytes of the symbols.
+    symbol_firsts: SymbolFirsts,
     /// For each key or symbol, the items it opens.
     targets: Vec<Vec<(Owner, u16)>>,
 }
@@ -278,9 +225,20 @@ impl Lexicon {
             table[slot] = (k, u32::try_from(i).map_err(|_| ScanError::Gate)?);
         }
         let mut first_three = vec![0u64; BLOOM_BITS / 64];
+        let mut shapes = Box::new([0u64; SHAPE_BITS / 64]);
+        let digit_keys = keys.iter().any(|k| ((k & 0xFF) as u8).is_ascii_digit());
         for &k in &keys {
             let b = bloom_bit((k & 0xFF_FFFF) as u32);
             first_three[b >> 6] |= 1 << (b & 63);
+            let bytes = k & ((1 << 56) - 1);
+            let shape = match k >> 56 {
+                // Exact keys: a word of that length, seen by its first five bytes at most.
+                len @ 1..=7 => shape_exact(bytes, (len as usize).min(PREFIX)),
+                0xFF => shape_exact(bytes, PREFIX),
+                // Long-token prefixes of three or four bytes: by their first three.
+                _ => shape_long(bytes),
+            };
+            shapes[shape >> 6] |= 1 << (shape & 63);
         }
         let base = key_targets.len();
         let symbols = symbols
@@ -291,18 +249,17 @@ impl Lexicon {
         let mut firsts: Vec<u8> = symbols.iter().map(|(b, _)| b[0]).collect();
         firsts.sort_unstable();
         firsts.dedup();
-        let symbol_starts = firsts
-            .chunks(3)
-            .map(|c| [c[0], c[c.len().min(2) - 1], c[c.len() - 1]])
-            .collect();
+        let symbol_firsts = SymbolFirsts::new(&firsts);
         let mut targets = key_targets;
         targets.extend(symbol_targets);
         Ok(Lexicon {
             table,
             first_three,
+            shapes,
+            digit_keys,
             shift,
             symbols,
-            symbol_starts,
+            symbol_firsts,
             targets,
         })
     }
@@ -344,19 +301,16 @@ impl Lexicon {
             }
         };
         let n = lower.len();
-        // Words are found 64 bytes at a time from bit masks (word bytes, `_`, uppercase). Two
-        // phases per chunk: first a branch-free Bloom test of every word's first bytes, then the
-        // full lookup only for the few words that pass it, contain `_` or an inner uppercase
-        // letter (identifier parts), or run past the chunk.
+        // 64 bytes at a time: bit masks of word bytes, `_`, uppercase letters (of the original
+        // text) and symbol starts, then two phases: a branch-free shape test of every word, and
+        // the full lookup only for the few words that pass it, hold identifier parts, or run
+        // past the chunk.
         let mut pos = 0; // bytes before `pos` belong to words already handled
         let mut base = 0;
-        let mut chunk = [0u8; 64];
-        let mut orig = [0u8; 64];
+        let mut symbol_hits = false;
+        let mut tail_lower = [0u8; 64];
+        let mut tail_text = [0u8; 64];
         while base < n {
-            if pos >= base + 64 {
-                base += 64;
-                continue;
-            }
             let (lo, up): (&[u8; 64], &[u8; 64]) =
                 match (lower.get(base..base + 64), text.get(base..base + 64)) {
                     (Some(l), Some(t)) => match (l.try_into(), t.try_into()) {
@@ -364,59 +318,35 @@ impl Lexicon {
                         _ => break,
                     },
                     _ => {
-                        // The tail, zero-padded (a zero byte is in no class).
-                        chunk = [0u8; 64];
-                        orig = [0u8; 64];
+                        // The last chunk, zero-padded: a zero byte is in no class.
                         let tail = &lower[base..];
-                        chunk[..tail.len()].copy_from_slice(tail);
+                        tail_lower[..tail.len()].copy_from_slice(tail);
                         let otail = text.get(base..).unwrap_or(tail);
                         let k = otail.len().min(64);
-                        orig[..k].copy_from_slice(&otail[..k]);
-                        (&chunk, &orig)
+                        tail_text[..k].copy_from_slice(&otail[..k]);
+                        (&tail_lower, &tail_text)
                     }
                 };
-            let mut m = word_mask(lo);
+            let c = classes(lo, up, &self.symbol_firsts);
+            let mut m = c.word;
             if pos > base {
-                m &= !0u64 << (pos - base);
+                m &= (!0u64).checked_shl((pos - base) as u32).unwrap_or(0);
             }
-            let unders = marks_mask(lo, true);
-            let uppers = marks_mask(up, false);
             let starts = m & !(m << 1);
             // The last word reaches the chunk's end: it may go on in the next chunk.
             let edge = if m >> 63 != 0 {
-                1u64 << (63 - (starts.leading_zeros() as usize))
+                1u64 << (63 - starts.leading_zeros())
             } else {
                 0
             };
-            // Phase 1: words of two or more bytes whose first bytes pass the Bloom filter.
-            let mut cand = edge;
-            let mut two = starts & (m >> 1) & !edge;
-            while two != 0 {
-                let j = two.trailing_zeros() as usize;
-                two &= two - 1;
-                // The third byte counts when the word has one (`load` of `min(len, 3)` bytes).
-                let has_third = m.checked_shr(j as u32 + 2).unwrap_or(0) & 1;
-                let third = u32::from(lo[(j + 2) & 63]) & 0u32.wrapping_sub(has_third as u32);
-                let key = u32::from(lo[j]) | u32::from(lo[(j + 1) & 63]) << 8 | third << 16;
-                let b = bloom_bit(key);
-                cand |= ((self.first_three[b >> 6] >> (b & 63)) & 1) << j;
-            }
-            // Words holding `_` or an uppercase letter after their first byte.
-            let mut marks = (unders | (uppers & !starts)) & m;
-            if marks != 0 {
-                let ends = m & !(m >> 1);
-                while marks != 0 {
-                    let k = marks.trailing_zeros() as usize;
-                    let below = starts & ones(k + 1);
-                    if below != 0 {
-                        cand |= 1u64 << (63 - below.leading_zeros() as usize);
-                    }
-                    let end = k + (ends >> k).trailing_zeros() as usize;
-                    marks &= !ones(end + 1);
-                }
-            }
+            let lookups = if self.digit_keys {
+                starts
+            } else {
+                starts & !c.digit
+            };
+            let mut cand = edge | self.shape_pass(lo, m, lookups & (m >> 1) & !edge);
+            cand |= with_parts(m, starts, c.under, c.upper) & !edge;
             // Phase 2: the full lookup of each candidate word.
-            let mut cand = cand;
             while cand != 0 {
                 let j = cand.trailing_zeros() as usize;
                 cand &= cand - 1;
@@ -434,8 +364,8 @@ impl Lexicon {
                 }
                 let (under, humps) = if j + len <= 64 {
                     (
-                        unders >> j & ones(len) != 0,
-                        len >= 8 && uppers >> (j + 1) & ones(len - 1) != 0,
+                        c.under >> j & ones(len) != 0,
+                        len >= 8 && c.upper >> (j + 1) & ones(len - 1) != 0,
                     )
                 } else {
                     let word = &lower[s..s + len];
@@ -448,21 +378,54 @@ impl Lexicon {
                     push(p, t, part, out)
                 });
             }
-            base += 64;
-        }
-        if !self.symbols.is_empty() {
-            // One `memchr3` pass per three distinct first bytes, then a prefix test.
-            for &[a, b, c] in &self.symbol_starts {
-                for pos in memchr::memchr3_iter(a, b, c, lower) {
-                    for (sym, t) in &self.symbols {
-                        if lower[pos..].starts_with(sym) {
-                            push(pos, *t, false, out);
-                        }
+            // Symbols (`@`, `<|`, `!!`): a prefix test where their first byte occurs.
+            let mut sym = c.symbol;
+            while sym != 0 {
+                let p = base + sym.trailing_zeros() as usize;
+                sym &= sym - 1;
+                for (symbol, t) in &self.symbols {
+                    if lower[p..].starts_with(symbol) {
+                        push(p, *t, false, out);
+                        symbol_hits = true;
                     }
                 }
             }
+            base += 64;
+        }
+        if symbol_hits {
             out[first..].sort_by_key(|h| h.pos);
         }
+    }
+
+    /// Phase 1 of the word pass: the words starting at the bits of `words` (each of two or more
+    /// bytes, ending inside the 64-byte chunk `lo` whose word mask is `m`) that may hit a key.
+    #[inline(always)]
+    fn shape_pass(&self, lo: &[u8; 64], m: u64, mut words: u64) -> u64 {
+        let mut padded = [0u8; 72];
+        padded[..64].copy_from_slice(lo);
+        let mut pass = 0u64;
+        while words != 0 {
+            let j = words.trailing_zeros() as usize;
+            words &= words - 1;
+            let len = (!(m >> j)).trailing_zeros() as usize;
+            let at = j & 63;
+            let first8 = u64::from_le_bytes([
+                padded[at],
+                padded[at + 1],
+                padded[at + 2],
+                padded[at + 3],
+                padded[at + 4],
+                padded[at + 5],
+                padded[at + 6],
+                padded[at + 7],
+            ]);
+            let short = shape_exact(first8, len.min(PREFIX));
+            let long = shape_long(first8);
+            let hit = (self.shapes[short >> 6] >> (short & 63))
+                | ((self.shapes[long >> 6] >> (long & 63)) & u64::from(len >= LONG_TOKEN4));
+            pass |= (hit & 1) << j;
+        }
+        pass
     }
 
     /// Look up the word `lower[s..s + len]`: its exact and prefix keys, a long token's short
@@ -534,6 +497,144 @@ impl Lexicon {
 
 /// Bits of the first-bytes Bloom filter.
 const BLOOM_BITS: usize = 8192;
+
+/// Bits of the word-shape Bloom filter (4 KiB).
+const SHAPE_BITS: usize = 32768;
+
+#[inline(always)]
+fn shape_hash(key: u64) -> usize {
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHAPE_BITS.trailing_zeros())) as usize
+}
+
+/// The shape of a word whose first `n` (≤ 5) bytes are `bytes`: how an exact key (words of up
+/// to four bytes) or a five-byte prefix key (longer words; exact keys of five to seven bytes
+/// also start so) is found.
+#[inline(always)]
+fn shape_exact(bytes: u64, n: usize) -> usize {
+    shape_hash((bytes & ((1u64 << (8 * n)) - 1)) | ((n as u64) << 48))
+}
+
+/// The shape of a long token's three- or four-byte prefix key: its first three bytes (a word
+/// is tested for it only when long enough for the four-byte keys, the shorter minimum).
+#[inline(always)]
+fn shape_long(bytes: u64) -> usize {
+    shape_hash((bytes & 0xFF_FFFF) | (0x13 << 48))
+}
+
+/// Per chunk of 64 bytes, one bit per byte.
+struct Classes {
+    /// Word bytes of the normalized view ([`is_word`]).
+    word: u64,
+    /// `_`.
+    under: u64,
+    /// ASCII uppercase letters of the original text.
+    upper: u64,
+    /// First bytes of symbols.
+    symbol: u64,
+    /// ASCII digits.
+    digit: u64,
+}
+
+/// The distinct first bytes of a lexicon's symbols: compared one by one when there are few
+/// (the comparisons vectorize), looked up in a table otherwise.
+#[derive(Debug)]
+enum SymbolFirsts {
+    Few(Vec<u8>),
+    Many(Box<[bool; 256]>),
+}
+
+impl SymbolFirsts {
+    fn new(firsts: &[u8]) -> Self {
+        if firsts.len() <= 6 {
+            SymbolFirsts::Few(firsts.to_vec())
+        } else {
+            let mut t = Box::new([false; 256]);
+            for &b in firsts {
+                t[usize::from(b)] = true;
+            }
+            SymbolFirsts::Many(t)
+        }
+    }
+}
+
+/// The 64 flags (`0x80` or 0) of `flags` as bits.
+#[inline(always)]
+fn pack(flags: &[u8; 64]) -> u64 {
+    let mut m = 0u64;
+    for (k, c) in flags.chunks_exact(8).enumerate() {
+        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        m |= (((v >> 7) & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080) >> 56)
+            << (8 * k);
+    }
+    m
+}
+
+/// The class masks of one chunk: `lo` of the normalized view, `up` of the original text.
+/// Written as one flag byte per input byte, so the loops vectorize.
+#[inline(always)]
+fn classes(lo: &[u8; 64], up: &[u8; 64], firsts: &SymbolFirsts) -> Classes {
+    let mut word = [0u8; 64];
+    let mut digit = [0u8; 64];
+    let mut under = [0u8; 64];
+    let mut upper = [0u8; 64];
+    for i in 0..64 {
+        let b = lo[i];
+        word[i] = 0x80 * u8::from(is_word(b));
+        digit[i] = 0x80 * u8::from(b.wrapping_sub(b'0') < 10);
+        under[i] = 0x80 * u8::from(b == b'_');
+        upper[i] = 0x80 * u8::from(up[i].wrapping_sub(b'A') < 26);
+    }
+    let mut symbol = [0u8; 64];
+    match firsts {
+        SymbolFirsts::Few(f) => {
+            for &s in f {
+                for i in 0..64 {
+                    symbol[i] |= 0x80 * u8::from(lo[i] == s);
+                }
+            }
+        }
+        SymbolFirsts::Many(t) => {
+            for i in 0..64 {
+                symbol[i] = 0x80 * u8::from(t[usize::from(lo[i])]);
+            }
+        }
+    }
+    Classes {
+        word: pack(&word),
+        digit: pack(&digit),
+        under: pack(&under),
+        upper: pack(&upper),
+        symbol: pack(&symbol),
+    }
+}
+
+/// Words (bits of their first byte) that the full lookup splits into identifier parts: five or
+/// more bytes holding `_`, or eight or more with an uppercase letter after the first byte.
+/// Such marks are rare, so this loops over them, one word at a time.
+#[inline(always)]
+fn with_parts(m: u64, starts: u64, under: u64, upper: u64) -> u64 {
+    let mut marks = (under | (upper & !starts)) & m;
+    let mut out = 0;
+    if marks == 0 {
+        return 0;
+    }
+    let ends = m & !(m >> 1);
+    while marks != 0 {
+        let k = marks.trailing_zeros() as usize;
+        let end = k + (ends >> k).trailing_zeros() as usize; // the word's last byte
+        let before = starts & ones(k + 1);
+        if before != 0 {
+            let j = 63 - before.leading_zeros() as usize;
+            let len = end + 1 - j;
+            let word = ones(len) << j;
+            if (len >= 5 && under & word != 0) || (len >= 8 && upper & word & !(1 << j) != 0) {
+                out |= 1 << j;
+            }
+        }
+        marks &= !ones(end + 1);
+    }
+    out
+}
 
 #[inline(always)]
 fn bloom_bit(first3: u32) -> usize {
@@ -631,26 +732,32 @@ mod tests {
     }
 
     #[test]
-    fn word_mask_matches_byte_test() {
-        let mut bytes = [0u8; 64];
+    fn class_masks_match_byte_tests() {
+        let mut lo = [0u8; 64];
+        let mut up = [0u8; 64];
         for round in 0..64u32 {
-            for (j, b) in bytes.iter_mut().enumerate() {
-                *b = (round.wrapping_mul(97).wrapping_add(j as u32 * 31) % 256) as u8;
+            for (j, (l, u)) in lo.iter_mut().zip(up.iter_mut()).enumerate() {
+                *l = (round.wrapping_mul(97).wrapping_add(j as u32 * 31) % 256) as u8;
+                *u = (round.wrapping_mul(13).wrapping_add(j as u32 * 57) % 256) as u8;
             }
-            let expected = bytes
-                .iter()
-                .enumerate()
-                .fold(0u64, |m, (j, &b)| m | (u64::from(is_word(b)) << j));
-            assert_eq!(word_mask(&bytes), expected, "round {round}");
-            let unders = bytes
-                .iter()
-                .enumerate()
-                .fold(0u64, |m, (j, &b)| m | (u64::from(b == b'_') << j));
-            assert_eq!(marks_mask(&bytes, true), unders, "round {round}");
-            let uppers = bytes.iter().enumerate().fold(0u64, |m, (j, &b)| {
-                m | (u64::from(b.is_ascii_uppercase()) << j)
-            });
-            assert_eq!(marks_mask(&bytes, false), uppers, "round {round}");
+            let bits =
+                |f: &dyn Fn(usize) -> bool| (0..64).fold(0u64, |m, j| m | (u64::from(f(j)) << j));
+            for firsts in [vec![b'@', b'<'], (0..=255).step_by(3).collect::<Vec<u8>>()] {
+                let c = classes(&lo, &up, &SymbolFirsts::new(&firsts));
+                assert_eq!(c.word, bits(&|j| is_word(lo[j])), "round {round}");
+                assert_eq!(c.under, bits(&|j| lo[j] == b'_'), "round {round}");
+                assert_eq!(
+                    c.upper,
+                    bits(&|j| up[j].is_ascii_uppercase()),
+                    "round {round}"
+                );
+                assert_eq!(
+                    c.symbol,
+                    bits(&|j| firsts.contains(&lo[j])),
+                    "round {round}"
+                );
+                assert_eq!(c.digit, bits(&|j| lo[j].is_ascii_digit()), "round {round}");
+            }
         }
     }
 

@@ -298,7 +298,10 @@ mod tests {
             postgres: "CREATE TABLE",
         }];
         let error = store.migrate("broken", &broken).await.unwrap_err();
-        assert!(error.to_string().contains("migration broken step 1"), "{error}");
+        assert!(
+            error.to_string().contains("migration broken step 1"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -56,23 +56,20 @@ impl ClientCert {
                 .next()
                 .and_then(|cn| cn.as_str().ok())
                 .map(str::to_owned),
-            AgentFrom::SanUri | AgentFrom::SanDns => {
-                cert.subject_alternative_name()
-                    .ok()
-                    .flatten()
-                    .and_then(|san| {
-                        san.value.general_names.iter().find_map(|name| {
-                            use x509_parser::extensions::GeneralName;
-                            match (config.agent_from, name) {
-                                (AgentFrom::SanUri, GeneralName::URI(uri)) => Some(uri.to_string()),
-                                (AgentFrom::SanDns, GeneralName::DNSName(dns)) => {
-                                    Some(dns.to_string())
-                                }
-                                _ => None,
-                            }
-                        })
+            AgentFrom::SanUri | AgentFrom::SanDns => cert
+                .subject_alternative_name()
+                .ok()
+                .flatten()
+                .and_then(|san| {
+                    san.value.general_names.iter().find_map(|name| {
+                        use x509_parser::extensions::GeneralName;
+                        match (config.agent_from, name) {
+                            (AgentFrom::SanUri, GeneralName::URI(uri)) => Some(uri.to_string()),
+                            (AgentFrom::SanDns, GeneralName::DNSName(dns)) => Some(dns.to_string()),
+                            _ => None,
+                        }
                     })
-            }
+                }),
         };
         let roles: Vec<String> = if config.roles_from_ou {
             cert.subject()

@@ -190,7 +190,8 @@ impl CallRecord {
         event.outcome = Some(Outcome::Error { code: error.code });
         event.latency_us = Some(elapsed_us(self.started));
         self.count(&event, "refused");
-        self.span.annotate(&event, Some((error.code, &error.message)));
+        self.span
+            .annotate(&event, Some((error.code, &error.message)));
         if let Err(unavailable) = self.trail.record(event).await {
             tracing::error!(error = %unavailable, code = error.code, "denial not recorded");
         }
@@ -246,7 +247,8 @@ impl CallRecord {
             }
             Err(unavailable) => {
                 let error = audit_unavailable(&unavailable.to_string());
-                self.span.annotate(&self.event, Some((error.code, &error.message)));
+                self.span
+                    .annotate(&self.event, Some((error.code, &error.message)));
                 self.count_outcome(Some(error.code));
                 Err(error)
             }
@@ -255,7 +257,10 @@ impl CallRecord {
 
     /// For a request the gateway answers itself (no upstream call, e.g. `server/discover`):
     /// one record, with the decision (`allow`) and the outcome, written like an outcome record.
-    pub async fn answered(mut self, answer: Result<Reply, ProxyError>) -> Result<Reply, ProxyError> {
+    pub async fn answered(
+        mut self,
+        answer: Result<Reply, ProxyError>,
+    ) -> Result<Reply, ProxyError> {
         self.event.decision = Some("allow".to_owned());
         self.outcome(answer).await
     }
@@ -507,8 +512,14 @@ pub fn server_request_refused(
     if !trail.is_enabled() {
         return;
     }
-    let mut event =
-        server_request_event(RecordKind::Denial, principal, session, server, request, findings);
+    let mut event = server_request_event(
+        RecordKind::Denial,
+        principal,
+        session,
+        server,
+        request,
+        findings,
+    );
     event.decision = Some("deny".to_owned());
     let error = refusal
         .member("error")
@@ -540,8 +551,14 @@ pub fn server_request_relayed(
     if !trail.is_enabled() {
         return;
     }
-    let mut event =
-        server_request_event(RecordKind::Call, principal, session, server, request, findings);
+    let mut event = server_request_event(
+        RecordKind::Call,
+        principal,
+        session,
+        server,
+        request,
+        findings,
+    );
     event.decision = Some("allow".to_owned());
     event.rule_id = rule;
     event.bytes_in = Some(message_bytes(request));

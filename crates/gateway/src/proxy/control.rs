@@ -133,7 +133,10 @@ pub fn killed_error(switch: &KillSwitch) -> ProxyError {
 pub fn revoked_error(task: &TaskScope) -> ProxyError {
     ProxyError::client(
         OUT_OF_TASK_SCOPE,
-        format!("task token {} has been revoked; the call was stopped", task.id),
+        format!(
+            "task token {} has been revoked; the call was stopped",
+            task.id
+        ),
     )
     .with_data(json!({ "rule": format!("task-token:{}", task.id), "token": task.id }))
 }
@@ -176,7 +179,7 @@ async fn stopped(
     match &principal.task {
         None => killed_error(&*kill.await),
         Some(task) => tokio::select! {
-            switch = kill => killed_error(&*switch),
+            switch = kill => killed_error(&switch),
             () = wait_for_revocation(&mut revocations, task) => revoked_error(task),
         },
     }

@@ -757,8 +757,8 @@ async fn input_round(
         let request = match screen_question(ctx, request, true) {
             Ok(request) => request,
             Err(refusal) => {
-                let error = refusal.member_value("error").unwrap_or_default();
-                let code = error.get("code").and_then(serde_json::Value::as_i64);
+                let error_value = refusal.member_value("error").unwrap_or_default();
+                let code = error_value.get("code").and_then(serde_json::Value::as_i64);
                 if code == Some(METHOD_NOT_FOUND) {
                     return Err(ProxyError::upstream(
                         super::errors::MISSING_CLIENT_CAPABILITY,
@@ -768,16 +768,14 @@ async fn input_round(
                         ),
                     ));
                 }
-                let message = error
+                let message = error_value
                     .get("message")
                     .and_then(|m| m.as_str().map(str::to_owned))
                     .unwrap_or_else(|| format!("{method} refused by policy"));
-                let error = ProxyError::upstream(
-                    code.unwrap_or(super::errors::POLICY_DENIED),
-                    message,
-                );
-                return Err(match refusal.member_value("error").and_then(|e| e.get("data").cloned()) {
-                    Some(data) => error.with_data(data),
+                let error =
+                    ProxyError::upstream(code.unwrap_or(super::errors::POLICY_DENIED), message);
+                return Err(match error_value.get("data") {
+                    Some(data) => error.with_data(data.clone()),
                     None => error,
                 });
             }

@@ -70,10 +70,10 @@ use serde_json::value::RawValue;
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::AbortHandle;
 
+use super::audit::CallRecord;
 use super::errors::{
     INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, ProxyError, UPSTREAM_UNAVAILABLE,
 };
-use super::audit::CallRecord;
 use super::{Call, Reply, adapt, control, target};
 use crate::auth::Principal;
 use crate::route::Route;

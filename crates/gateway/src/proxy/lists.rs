@@ -257,7 +257,9 @@ async fn list_one(
         })?,
         None => Vec::new(),
     };
-    let last_page = result.get("nextCursor").is_none_or(|raw| raw.get() == "null");
+    let last_page = result
+        .get("nextCursor")
+        .is_none_or(|raw| raw.get() == "null");
     // Tool metadata: poisoned, changed (rug pull) and unapproved new items are left out.
     let items = super::scanning::screen_list_items(
         &call.gateway,

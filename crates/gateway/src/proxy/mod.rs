@@ -204,8 +204,12 @@ async fn handle_request(call: &Call, message: Envelope) -> Result<Reply, ProxyEr
             }
             // A scanner whose action is `approve` holds the call like an `approve` rule.
             if let policy::Decided::Allowed(_) = decided
-                && let Some(need) =
-                    scanning::approval_need(&entry.config.name, &method, &upstream_message, &findings)
+                && let Some(need) = scanning::approval_need(
+                    &entry.config.name,
+                    &method,
+                    &upstream_message,
+                    &findings,
+                )
             {
                 decided = policy::Decided::Approve(need);
             }

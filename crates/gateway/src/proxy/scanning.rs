@@ -31,10 +31,10 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::Call;
-use super::policy::ApprovalNeed;
 use super::errors::{
     APPROVAL_REQUIRED, ProxyError, QUARANTINED, SCAN_BLOCKED, SCANNER_UNAVAILABLE,
 };
+use super::policy::ApprovalNeed;
 use crate::scanning::content::{self, ScanReport, Scope, Verdict};
 use crate::scanning::metadata::{ItemKind, Quarantine, short};
 use crate::scanning::scanner;
@@ -537,7 +537,12 @@ fn alert_event(alert: crate::scanning::metadata::MetadataAlert) -> portcullis_au
     };
     event.findings.push(Finding {
         rule: format!("metadata.{}", alert.event),
-        severity: if alert.event == "flagged" { "medium" } else { "high" }.to_owned(),
+        severity: if alert.event == "flagged" {
+            "medium"
+        } else {
+            "high"
+        }
+        .to_owned(),
         location: Some(format!("{} {} ({version})", alert.kind.label(), alert.name)),
     });
     event.findings.extend(alert.findings);

@@ -634,7 +634,10 @@ mod tests {
             None,
         );
         assert!(
-            matches!(only_approve.verdict, Verdict::Approve { redacted: None, .. }),
+            matches!(
+                only_approve.verdict,
+                Verdict::Approve { redacted: None, .. }
+            ),
             "{only_approve:?}"
         );
     }

@@ -772,7 +772,14 @@ mod tests {
         );
         assert_eq!(Some(alert.seen.as_str()), refused.seen());
         assert!(alert.pinned.is_some() && alert.pinned.as_deref() != refused.seen());
-        guard.screen_items(scanner(), "fx", ItemKind::Tool, after.clone(), &profile, true);
+        guard.screen_items(
+            scanner(),
+            "fx",
+            ItemKind::Tool,
+            after.clone(),
+            &profile,
+            true,
+        );
         assert!(guard.take_alerts().is_empty(), "an alert is raised once");
 
         // Approval of the new version (as the CLI does through the store).

@@ -252,8 +252,8 @@ mod tests {
 
     fn span(n: u64) -> otlp::Span {
         otlp::Span {
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-            span_id: format!("{n:016x}"),
+            trace_id: [7; 16],
+            span_id: n.to_be_bytes(),
             parent_span_id: None,
             name: "x",
             kind: otlp::KIND_INTERNAL,
@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(metrics.queued.get(), 5);
         let first = queue.take();
         assert_eq!(first.len(), 2, "one batch at a time");
-        assert_eq!(first[0].span_id, format!("{:016x}", 1));
+        assert_eq!(first[0].span_id, 1u64.to_be_bytes());
         assert_eq!(queue.take().len(), 2);
         assert_eq!(queue.take().len(), 1);
         assert!(queue.take().is_empty());

@@ -143,12 +143,12 @@ pub struct SpanRef(Option<Arc<Active>>);
 
 struct Active {
     queue: Arc<exporter::Queue>,
-    trace_id: String,
-    span_id: String,
+    trace_id: otlp::TraceId,
+    span_id: otlp::SpanId,
     /// The client's span id, when it sent a `traceparent`.
-    parent_id: Option<String>,
+    parent_id: Option<otlp::SpanId>,
     /// The `upstream` span's id: the parent id in the upstream's `traceparent`.
-    upstream_id: String,
+    upstream_id: otlp::SpanId,
     /// Wall-clock nanoseconds at `origin`; other times are `origin` + monotonic offsets.
     origin_unix_nanos: u64,
     origin: Instant,
@@ -219,12 +219,17 @@ impl RequestSpan {
                 id.trim_matches('"'),
             ));
         }
+        // The ids were validated by `TraceParent::parse` / made by `mint`; a value that still
+        // does not decode leaves the request unrecorded rather than with a wrong id.
+        let (Some(trace_id), Some(upstream_id)) = (id(&hop.trace_id), id(&hop.parent_id)) else {
+            return RequestSpan::default();
+        };
         RequestSpan(SpanRef(Some(Arc::new(Active {
             queue: tracer.queue.clone(),
-            trace_id: hop.trace_id.clone(),
+            trace_id,
             span_id: random_span_id(),
-            parent_id: incoming.map(|p| p.parent_id.clone()),
-            upstream_id: hop.parent_id.clone(),
+            parent_id: incoming.and_then(|p| id(&p.parent_id)),
+            upstream_id,
             origin_unix_nanos: u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX),
             origin,
             state: Mutex::new(state),
@@ -385,13 +390,13 @@ impl Drop for Active {
         for phase in state.phases {
             let upstream = phase.name == "upstream";
             spans.push(otlp::Span {
-                trace_id: self.trace_id.clone(),
+                trace_id: self.trace_id,
                 span_id: if upstream {
-                    self.upstream_id.clone()
+                    self.upstream_id
                 } else {
                     random_span_id()
                 },
-                parent_span_id: Some(self.span_id.clone()),
+                parent_span_id: Some(self.span_id),
                 name: phase.name,
                 kind: if upstream {
                     otlp::KIND_CLIENT
@@ -408,9 +413,9 @@ impl Drop for Active {
             });
         }
         spans.push(otlp::Span {
-            trace_id: std::mem::take(&mut self.trace_id),
-            span_id: std::mem::take(&mut self.span_id),
-            parent_span_id: self.parent_id.take(),
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent_span_id: self.parent_id,
             name: "mcp.request",
             kind: otlp::KIND_SERVER,
             start_time_unix_nano: self.origin_unix_nanos,
@@ -425,15 +430,22 @@ impl Drop for Active {
     }
 }
 
-/// 16 lowercase hex digits, not all zero.
-fn random_span_id() -> String {
+/// A random span id, not all zero.
+fn random_span_id() -> otlp::SpanId {
     let mut bytes = [0u8; 8];
     loop {
         rand::rng().fill_bytes(&mut bytes);
         if bytes.iter().any(|b| *b != 0) {
-            return hex::encode(bytes);
+            return bytes;
         }
     }
+}
+
+/// The bytes of a hex id.
+fn id<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let mut bytes = [0u8; N];
+    hex::decode_to_slice(text, &mut bytes).ok()?;
+    Some(bytes)
 }
 
 #[cfg(test)]
@@ -531,8 +543,11 @@ mod tests {
             ]
         );
         let request = spans.last().unwrap();
-        assert_eq!(request.trace_id, incoming.trace_id);
-        assert_eq!(request.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(hex::encode(request.trace_id), incoming.trace_id);
+        assert_eq!(
+            request.parent_span_id.map(hex::encode).as_deref(),
+            Some("00f067aa0ba902b7")
+        );
         assert_eq!(request.kind, otlp::KIND_SERVER);
         assert_eq!(
             request.status.as_ref().map(|s| s.message.as_str()),
@@ -548,16 +563,13 @@ mod tests {
             "{json}"
         );
         let upstream = &spans[1];
-        assert_eq!(upstream.span_id, hop.parent_id);
+        assert_eq!(hex::encode(upstream.span_id), hop.parent_id);
         assert_eq!(upstream.kind, otlp::KIND_CLIENT);
         // The phase in progress at the error carries it; the others do not.
         assert!(spans[3].status.is_some());
         assert!(spans[..3].iter().all(|s| s.status.is_none()));
         for child in &spans[..4] {
-            assert_eq!(
-                child.parent_span_id.as_deref(),
-                Some(request.span_id.as_str())
-            );
+            assert_eq!(child.parent_span_id, Some(request.span_id));
             assert!(child.start_time_unix_nano >= request.start_time_unix_nano);
             assert!(child.end_time_unix_nano <= request.end_time_unix_nano);
         }

@@ -52,10 +52,12 @@ pub struct Scope {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Span {
-    pub trace_id: String,
-    pub span_id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub parent_span_id: Option<String>,
+    #[serde(serialize_with = "as_hex")]
+    pub trace_id: TraceId,
+    #[serde(serialize_with = "as_hex")]
+    pub span_id: SpanId,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "as_hex_opt")]
+    pub parent_span_id: Option<SpanId>,
     pub name: &'static str,
     pub kind: u8,
     #[serde(serialize_with = "as_decimal")]
@@ -107,6 +109,26 @@ impl KeyValue {
     }
 }
 
+/// A W3C trace id (16 bytes, not all zero).
+pub type TraceId = [u8; 16];
+/// A span id (8 bytes, not all zero).
+pub type SpanId = [u8; 8];
+
+/// Lowercase hex of an id, without allocating.
+fn as_hex<S: serde::Serializer, const N: usize>(id: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
+    let mut text = [0u8; 32];
+    let text = &mut text[..2 * N];
+    hex::encode_to_slice(id, text).expect("twice the length");
+    s.serialize_str(std::str::from_utf8(text).expect("hex is ASCII"))
+}
+
+fn as_hex_opt<S: serde::Serializer>(id: &Option<SpanId>, s: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => as_hex(id, s),
+        None => s.serialize_none(),
+    }
+}
+
 fn as_decimal<S: serde::Serializer>(value: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(value)
 }
@@ -134,7 +156,10 @@ pub fn encode(service_name: &str, spans: &[Span]) -> Vec<u8> {
             }],
         }],
     };
-    serde_json::to_vec(&request).expect("spans serialize")
+    // About 300 bytes a span: one allocation for the whole body in the usual case.
+    let mut body = Vec::with_capacity(512 + 384 * spans.len());
+    serde_json::to_writer(&mut body, &request).expect("spans serialize");
+    body
 }
 
 #[cfg(test)]
@@ -142,12 +167,18 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
+    fn hex_id<const N: usize>(text: &str) -> [u8; N] {
+        let mut id = [0u8; N];
+        hex::decode_to_slice(text, &mut id).unwrap();
+        id
+    }
+
     #[test]
     fn request_shape_follows_the_otlp_json_mapping() {
         let spans = [Span {
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-            span_id: "00f067aa0ba902b7".into(),
-            parent_span_id: Some("1111111111111111".into()),
+            trace_id: hex_id("4bf92f3577b34da6a3ce929d0e0e4736"),
+            span_id: hex_id("00f067aa0ba902b7"),
+            parent_span_id: Some(hex_id("1111111111111111")),
             name: "mcp.request",
             kind: KIND_SERVER,
             start_time_unix_nano: 1_714_564_800_123_456_789,
@@ -191,8 +222,8 @@ mod tests {
     #[test]
     fn root_spans_have_no_parent_and_no_status() {
         let spans = [Span {
-            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-            span_id: "00f067aa0ba902b7".into(),
+            trace_id: hex_id("4bf92f3577b34da6a3ce929d0e0e4736"),
+            span_id: hex_id("00f067aa0ba902b7"),
             parent_span_id: None,
             name: "policy",
             kind: KIND_INTERNAL,

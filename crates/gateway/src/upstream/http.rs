@@ -195,6 +195,8 @@ impl std::fmt::Display for SendError {
     }
 }
 
+impl std::error::Error for SendError {}
+
 /// Sends `request` with the OAuth token (if any). A 401 means the upstream refused the request
 /// before processing it, so the token is dropped and the request sent once more with a fresh one.
 /// Without a token the request is never sent.
@@ -589,13 +591,13 @@ impl Inner {
                 headers.insert(name, value);
             }
         }
-        let send = self
+        let post = self
             .client
             .post(url.clone())
             .headers(headers)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(request.to_bytes());
-        let send = send(self.token.as_deref(), send);
+        let send = send(self.token.as_deref(), post);
         let response = match tokio::time::timeout(PROBE_TIMEOUT, send).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => return Err(self.unavailable(error.to_string())),
@@ -717,10 +719,7 @@ impl Inner {
             {
                 Ok(Ok(response)) => response,
                 Ok(Err(error)) => {
-                    return Err(OpenError::Other(format!(
-                        "could not be reached ({})",
-                        error_chain(&error)
-                    )));
+                    return Err(OpenError::Other(error.to_string()));
                 }
                 Err(_) => return Err(OpenError::Other("did not answer initialize in time".into())),
             };
@@ -786,12 +785,7 @@ impl Inner {
                     response.status()
                 )));
             }
-            Ok(Err(error)) => {
-                return Err(OpenError::Other(format!(
-                    "could not be reached ({})",
-                    error_chain(&error)
-                )));
-            }
+            Ok(Err(error)) => return Err(OpenError::Other(error.to_string())),
             Err(_) => {
                 return Err(OpenError::Other(
                     "did not accept notifications/initialized in time".into(),
@@ -931,7 +925,9 @@ impl Inner {
             let headers = self.session_headers(Some(session_id), Some(&session.protocol_version));
             let delete = send(
                 self.token.as_deref(),
-                self.client.delete(session.post_url.clone()).headers(headers),
+                self.client
+                    .delete(session.post_url.clone())
+                    .headers(headers),
             );
             match tokio::time::timeout(SIDE_REQUEST_TIMEOUT, delete).await {
                 Ok(Ok(response)) => {
@@ -1035,13 +1031,13 @@ impl Inner {
         let outbound: Arc<dyn Outbound> = Arc::new(NoOutbound {
             server: self.name.clone(),
         });
-        let send = self
+        let post = self
             .client
             .post(url)
             .headers(headers)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(request.to_bytes());
-        let send = send(self.token.as_deref(), send);
+        let send = send(self.token.as_deref(), post);
         let response = tokio::select! {
             _ = cancel.cancelled() => return,
             response = send => response,

@@ -75,20 +75,20 @@ impl TokenSource {
     /// Forgets `rejected` (answered 401 by the upstream) unless a newer token replaced it.
     pub async fn reject(&self, rejected: &HeaderValue) {
         let mut cached = self.cached.lock().await;
-        if cached.as_ref().is_some_and(|c| &c.header == rejected) {
+        if cached.as_ref().is_some_and(|c| c.header == *rejected) {
             *cached = None;
         }
     }
 
     async fn fetch(&self) -> Result<Cached, String> {
-        let mut form = vec![("grant_type", "client_credentials")];
+        let mut form = String::from("grant_type=client_credentials");
         for (name, value) in [
             ("scope", &self.config.scope),
             ("audience", &self.config.audience),
             ("resource", &self.config.resource),
         ] {
             if let Some(value) = value {
-                form.push((name, value));
+                form.push_str(&format!("&{name}={}", form_encode(value)));
             }
         }
         let request = self
@@ -99,7 +99,11 @@ impl TokenSource {
                 Some(form_encode(self.config.client_secret.expose())),
             )
             .header(reqwest::header::ACCEPT, "application/json")
-            .form(&form)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(form)
             .send();
         let started = Instant::now();
         let response = tokio::time::timeout(TOKEN_TIMEOUT, request)

@@ -11,7 +11,8 @@ pub(crate) const NUMERIC_PATTERN: &str = r"(?:\+ ?)?(?:\(\d{1,5}\) ?)?\d+(?:(?:[
 
 /// The email pattern (ASCII, case-sensitive classes).
 #[cfg(test)]
-pub(crate) const EMAIL_PATTERN: &str = r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}\b";
+pub(crate) const EMAIL_PATTERN: &str =
+    r"[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}\b";
 
 /// A word byte for `\b` with `unicode(false)`.
 #[inline(always)]
@@ -228,8 +229,28 @@ mod tests {
     fn numeric_matcher_agrees_with_the_pattern() {
         let re = crate::bytes_regex("test", NUMERIC_PATTERN).unwrap();
         let alphabet: &[&[u8]] = &[
-            b"0", b"1", b"7", b"9", b"12", b"123456", b" ", b" ", b".", b"-", b"(", b")", b"+",
-            b"x", b"e", b"t", b"ext", b"ext.", b"a", b"_", b"\xc3\xa9", b"\n",
+            b"0",
+            b"1",
+            b"7",
+            b"9",
+            b"12",
+            b"123456",
+            b" ",
+            b" ",
+            b".",
+            b"-",
+            b"(",
+            b")",
+            b"+",
+            b"x",
+            b"e",
+            b"t",
+            b"ext",
+            b"ext.",
+            b"a",
+            b"_",
+            b"\xc3\xa9",
+            b"\n",
         ];
         let mut rng = Rng(0x2545_F491_4F6C_DD1D);
         for round in 0..60_000 {
@@ -249,9 +270,26 @@ mod tests {
     fn email_matcher_agrees_with_the_pattern() {
         let re = crate::bytes_regex("test", EMAIL_PATTERN).unwrap();
         let alphabet: &[&[u8]] = &[
-            b"a", b"Z", b"com", b"org", b"x1", b"0", b".", b".", b"@", b"@", b"-", b"_", b"%",
-            b"+", b" ", b"\xc3\xa9", b"abcdefghijklmnopqrstuvwxyzabcdefghij",
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklm", b"..", b"9",
+            b"a",
+            b"Z",
+            b"com",
+            b"org",
+            b"x1",
+            b"0",
+            b".",
+            b".",
+            b"@",
+            b"@",
+            b"-",
+            b"_",
+            b"%",
+            b"+",
+            b" ",
+            b"\xc3\xa9",
+            b"abcdefghijklmnopqrstuvwxyzabcdefghij",
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklm",
+            b"..",
+            b"9",
         ];
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         for round in 0..60_000 {
