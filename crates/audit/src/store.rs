@@ -34,8 +34,6 @@ use crate::chain::{ChainHead, Hash};
 use crate::checkpoint::{Checkpoint, KeyError, KeyRing, SigningKeyFile};
 use crate::record::{AuditEvent, AuditRecord, Finding, Outcome, Principal, RecordKind};
 use crate::verify::{Problem, Report, Undecodable, Verifier};
-#[cfg(doc)]
-use crate::writer::AuditWriter;
 
 /// Store failures. `retryable` tells callers (fail-closed data plane) whether trying again helps.
 #[derive(Debug, thiserror::Error)]
