@@ -1,6 +1,7 @@
-//! The direct SQLite engine of [`crate::writer::AuditWriter`]: the writer's own SQLite
-//! connection (rusqlite, the same linked SQLite library as sqlx), with no worker thread, task
-//! or channel between the caller and the database when the writer is idle.
+//! The direct SQLite engine of [`crate::writer::AuditWriter`] (SQLite files with
+//! `sync: normal`): the writer's own SQLite connection (rusqlite, the same linked SQLite library
+//! as sqlx), with no worker thread, task or channel between the caller and the database when
+//! the writer is idle.
 //!
 //! Why not sqlx here: sqlx runs every SQLite statement on a per-connection worker thread, so a
 //! commit costs a wake-up of that thread and a wake-up back per statement, plus the hop into
@@ -16,20 +17,24 @@
 //!   connection holds it (the control plane shares the file), the record is queued instead.
 //!   No fsync happens here, so the caller is held for tens of µs.
 //! - **On the writer's thread** otherwise: appends that arrive while a commit is running (or
-//!   with `sync: full`, whose fsync must not block an async worker) are queued in order and
+//!   with `sync: full`, whose fsync must not block an async worker, if this engine is used for
+//!   it; the writer picks the task engine for `full`) are queued in order and
 //!   group-committed, up to `max_batch` per transaction. The thread also signs interval and
 //!   shutdown checkpoints, holding the same gate, so records keep their queueing order in the
 //!   chain.
 //!
-//! WAL checkpoints (copying the WAL into the database file) are off on the writer's connection,
-//! so that no append pays for one (two fsyncs). A third thread, `audit-wal`, runs them on its
-//! own connection every [`WAL_CHECKPOINT_PAGES`] pages: first while appends go on, then, with
-//! the gate closed, once more for the few pages written meanwhile, so that the WAL is complete
-//! in the database file and the next write starts it over (it would otherwise grow without
-//! bound under steady load).
+//! WAL checkpoints (copying the WAL into the database file, two fsyncs) never run inside an
+//! append on a caller's thread. With `sync: normal` they are off on the writer's connection
+//! and a third thread, `audit-wal`, runs them on its own connection every
+//! [`WAL_CHECKPOINT_PAGES`] pages while appends go on; every [`WAL_RESTART_EVERY`]th time it
+//! then closes the gate and checkpoints the few pages written meanwhile, so that the WAL is
+//! complete in the database file and the next write starts it over (it would otherwise grow
+//! without bound under steady load). With `sync: full` every commit is on the writer's thread
+//! anyway, and SQLite's own automatic checkpoint runs there after a commit, as it would in any
+//! connection: a checkpoint's fsyncs running beside the commits' fsyncs would slow both.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior, params};
@@ -48,6 +53,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Run a WAL checkpoint after about this many pages were appended to the WAL (32 MiB of 4 KiB
 /// pages: about a second of writes at 1,000 calls/s, each commit writing three or four pages).
 const WAL_CHECKPOINT_PAGES: u64 = 8_192;
+
+/// Restart the WAL (a checkpoint with the gate closed) every this many WAL checkpoints: the
+/// WAL file stays under about 128 MiB, and appends wait for a gated checkpoint's fsyncs only
+/// every few seconds at 1,000 calls/s.
+const WAL_RESTART_EVERY: u64 = 4;
 
 /// How often the WAL thread looks for the gate when it wants to close it.
 const GATE_POLL: Duration = Duration::from_micros(200);
@@ -105,6 +115,8 @@ struct State {
     wal_pages: u64,
     /// The WAL thread is checkpointing.
     wal_running: bool,
+    /// WAL checkpoints are the WAL thread's (`sync: normal`), not SQLite's automatic ones.
+    wal_thread: bool,
     /// When the last append was submitted.
     last_submit: Instant,
     /// Moving average of a commit on a caller's thread.
@@ -119,7 +131,7 @@ impl State {
     /// Counts `pages` written to the WAL; true when the WAL thread should checkpoint now.
     fn wrote(&mut self, pages: u64) -> bool {
         self.wal_pages += pages;
-        if self.wal_pages < WAL_CHECKPOINT_PAGES || self.wal_running {
+        if !self.wal_thread || self.wal_pages < WAL_CHECKPOINT_PAGES || self.wal_running {
             return false;
         }
         self.wal_pages = 0;
@@ -137,16 +149,18 @@ struct Queued {
 
 impl Shared {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().expect("audit writer state poisoned")
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn db(&self) -> MutexGuard<'_, Db> {
-        self.db.lock().expect("audit writer connection poisoned")
+        // A panic during a commit leaves the head as it was (it moves only after the write)
+        // and rolls back an open transaction: the next commit can go on.
+        self.db.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Wakes the WAL thread (after [`State::wrote`] said so).
     fn request_wal_checkpoint(&self) {
-        if let Some(wal) = &*self.wal.lock().expect("audit WAL channel poisoned") {
+        if let Some(wal) = &*self.wal.lock().unwrap_or_else(PoisonError::into_inner) {
             let _ = wal.send(());
         }
     }
@@ -170,6 +184,7 @@ impl DirectWriter {
                 closed: false,
                 wal_pages: 0,
                 wal_running: false,
+                wal_thread: file.durability == Durability::Normal,
                 last_submit: Instant::now(),
                 inline_cost: INLINE_MIN_GAP / 2,
             }),
@@ -314,10 +329,10 @@ impl DirectWriter {
 
 impl Drop for DirectWriter {
     fn drop(&mut self) {
-        if let Ok(mut state) = self.shared.state.lock() {
-            state.accepting = false;
-            state.closed = true;
-        }
+        let mut state = self.shared.state();
+        state.accepting = false;
+        state.closed = true;
+        drop(state);
         self.permits.close();
         self.shared.wake.notify_one();
     }
@@ -335,9 +350,7 @@ struct Gate<'a> {
 
 impl Drop for Gate<'_> {
     fn drop(&mut self) {
-        let Ok(mut state) = self.shared.state.lock() else {
-            return;
-        };
+        let mut state = self.shared.state();
         state.committing = false;
         let checkpoint_wal = state.wrote(self.pages);
         if let Some(cost) = self.cost {
@@ -395,7 +408,7 @@ fn run(shared: &Shared, max_batch: usize, interval: Duration) {
             state = shared
                 .wake
                 .wait_timeout(state, timeout)
-                .expect("audit writer state poisoned")
+                .unwrap_or_else(PoisonError::into_inner)
                 .0;
         };
         match job {
@@ -436,7 +449,7 @@ fn run(shared: &Shared, max_batch: usize, interval: Duration) {
                 shared
                     .wal
                     .lock()
-                    .expect("audit WAL channel poisoned")
+                    .unwrap_or_else(PoisonError::into_inner)
                     .take();
                 let mut db = shared.db();
                 let result = db.checkpoint().map_err(Arc::new);
@@ -485,11 +498,18 @@ fn commit_queued(shared: &Shared, batch: Vec<Queued>, n: usize) {
     }
 }
 
-/// The WAL thread: on each request, checkpoint the WAL while appends go on, then close the gate
-/// and checkpoint the pages written meanwhile, so that the next write restarts the WAL.
+/// The WAL thread: on each request, checkpoint the WAL while appends go on; every
+/// [`WAL_RESTART_EVERY`]th time also close the gate and checkpoint the pages written meanwhile,
+/// so that the next write restarts the WAL.
 fn run_wal(shared: &Shared, conn: &Connection, requests: &std::sync::mpsc::Receiver<()>) {
+    let mut rounds: u64 = 0;
     while requests.recv().is_ok() {
         wal_checkpoint(conn);
+        rounds += 1;
+        if !rounds.is_multiple_of(WAL_RESTART_EVERY) {
+            shared.state().wal_running = false;
+            continue;
+        }
         let closed = loop {
             let mut state = shared.state();
             if !state.accepting {
@@ -648,8 +668,8 @@ impl Db {
     }
 }
 
-/// A connection of the writer to `file`: WAL, its durability, no automatic WAL checkpoints
-/// (the WAL thread runs them).
+/// A connection of the writer to `file`: WAL, its durability, and with `sync: normal` no
+/// automatic WAL checkpoints (the WAL thread runs them).
 fn open_connection(file: &SqliteFile) -> Result<Connection, StoreError> {
     // The pool created the file and ran the migrations; a missing file is an error.
     let conn = Connection::open_with_flags(
@@ -672,7 +692,9 @@ fn open_connection(file: &SqliteFile) -> Result<Connection, StoreError> {
             Durability::Full => "FULL",
         },
     )?;
-    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    if file.durability == Durability::Normal {
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    }
     Ok(conn)
 }
 

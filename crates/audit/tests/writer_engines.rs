@@ -1,7 +1,8 @@
-//! The writer's engines (`writer.rs`: the task engine, `sqlite_writer.rs`: the direct SQLite
-//! engine) and durabilities store the same chain: the paths an append can take (committed on
-//! the caller's thread, queued and group-committed by the writer's thread, through sqlx), a
-//! write lock held by another connection, a full queue, WAL checkpoints and shutdown.
+//! The writer's engines (`writer.rs`: the task engine, used on PostgreSQL and for SQLite with
+//! `Durability::Full`; `sqlite_writer.rs`: the direct engine for SQLite with
+//! `Durability::Normal`) store the same chain: the paths an append can take (committed on the
+//! caller's thread, queued and group-committed by the writer's thread, through sqlx), a write
+//! lock held by another connection, a full queue, WAL checkpoints and shutdown.
 
 #![cfg(feature = "store")]
 
@@ -95,8 +96,8 @@ async fn concurrent_appends_verify_on_every_engine_and_durability() {
     let dir = tempfile::tempdir().unwrap();
     for (name, durability, direct) in [
         ("direct-normal", Durability::Normal, true),
-        ("direct-full", Durability::Full, true),
-        ("sqlx-normal", Durability::Normal, false),
+        ("task-full", Durability::Full, true),
+        ("task-normal", Durability::Normal, false),
     ] {
         let store = sqlite(&dir, &format!("{name}.db"), durability).await;
         concurrent_appends(&store, config(name, direct), 400).await;
@@ -129,8 +130,8 @@ async fn engines_store_identical_records() {
     let mut stored = Vec::new();
     for (name, durability, direct) in [
         ("direct-normal", Durability::Normal, true),
-        ("direct-full", Durability::Full, true),
-        ("sqlx", Durability::Normal, false),
+        ("task-full", Durability::Full, true),
+        ("task-normal", Durability::Normal, false),
     ] {
         let store = sqlite(&dir, &format!("{name}.db"), durability).await;
         let writer = AuditWriter::start(store.clone(), config("same", direct), Some(signer()))

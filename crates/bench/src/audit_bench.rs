@@ -10,8 +10,13 @@
 //!   what the data plane's audit step waits for per record.
 //!
 //! Each mode writes to a fresh SQLite file (WAL) through each writer engine asked for
-//! (`--engine`): `direct` (the writer's own SQLite connection, the default) and `sqlx` (the
-//! task engine PostgreSQL uses, through sqlx's SQLite driver), so the two compare in one run.
+//! (`--engine`): `direct` (the writer's own SQLite connection, the default with `sync: normal`)
+//! and `sqlx` (the task engine PostgreSQL and `sync: full` use, through sqlx's SQLite driver),
+//! so the two compare in one run.
+//! `--layout` compares table layouts in the same run: `without-rowid` (the schema migrations
+//! create since 0003), `rowid` (the table as before 0003, rebuilt on the fresh file from the
+//! migrated definition minus `WITHOUT ROWID`) and `no-time-index` (`without-rowid` without the
+//! `audit_records_time` index).
 //! Checkpoints are signed every 1,000 records. Afterwards the chain is verified, so the figures
 //! count only records that verify.
 
@@ -20,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use portcullis_audit::checkpoint::SigningKeyFile;
-use portcullis_audit::store::{AuditStore, AuditWriter, Durability, WriterConfig, now_us};
+use portcullis_audit::store::{AuditStore, AuditWriter, Backend, Durability, WriterConfig, now_us};
 use portcullis_audit::{AuditEvent, Finding, Outcome, RecordKind};
 use serde::Serialize;
 
@@ -38,6 +43,9 @@ enum Sync {
     Full,
 }
 
+/// One measured combination.
+type Mode = (Sync, Engine, Layout);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
 enum Engine {
@@ -45,6 +53,18 @@ enum Engine {
     Direct,
     /// The task engine through sqlx's SQLite driver.
     Sqlx,
+}
+
+/// How `audit_records` is stored (a comparison only: the gateway always has the migrated one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Layout {
+    /// The primary key is the table (migration 0003), plus the time index.
+    WithoutRowid,
+    /// A rowid table with its primary key in a second B-tree (migrations 0001–0002).
+    Rowid,
+    /// `without-rowid` minus the `audit_records_time` index.
+    NoTimeIndex,
 }
 
 #[derive(Debug, Parser)]
@@ -74,6 +94,9 @@ struct Args {
     /// Writer engines to measure.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Engine::Direct, Engine::Sqlx])]
     engine: Vec<Engine>,
+    /// Table layouts to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Layout::WithoutRowid])]
+    layout: Vec<Layout>,
     /// Directory for the database files (default: a temp dir, removed at the end).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
@@ -108,10 +131,48 @@ fn event(i: u64) -> AuditEvent {
     e
 }
 
+/// Rebuilds the (empty) `audit_records` of a fresh, migrated store in `layout`.
+async fn apply_layout(store: &AuditStore, layout: Layout) -> anyhow::Result<()> {
+    let Backend::Sqlite(pool) = store.backend() else {
+        anyhow::bail!("the audit bench runs on SQLite");
+    };
+    match layout {
+        Layout::WithoutRowid => {}
+        Layout::NoTimeIndex => {
+            sqlx::query("DROP INDEX audit_records_time")
+                .execute(pool)
+                .await?;
+        }
+        Layout::Rowid => {
+            let table: String = sqlx::query_scalar(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'audit_records'",
+            )
+            .fetch_one(pool)
+            .await?;
+            let rowid = table.replace("WITHOUT ROWID", "");
+            anyhow::ensure!(
+                rowid != table,
+                "audit_records is not WITHOUT ROWID: {table}"
+            );
+            // One transaction on one connection: the pool's other connections see the new
+            // schema whole.
+            let rebuild = format!(
+                "BEGIN IMMEDIATE; DROP TABLE audit_records; {rowid}; \
+                 CREATE INDEX audit_records_time ON audit_records (time_us); COMMIT;"
+            );
+            let mut conn = pool.acquire().await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(rebuild))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
 /// A writer on a fresh store; returns the store, the writer and the key that verifies it.
 async fn open(
     url: &str,
-    (sync, engine): (Sync, Engine),
+    (sync, engine, layout): Mode,
     max_batch: usize,
 ) -> anyhow::Result<(AuditStore, AuditWriter, Arc<SigningKeyFile>)> {
     let durability = match sync {
@@ -119,6 +180,7 @@ async fn open(
         Sync::Full => Durability::Full,
     };
     let store = AuditStore::connect_with(url, None, durability).await?;
+    apply_layout(&store, layout).await?;
     let mut config = WriterConfig::new("bench");
     config.max_batch = max_batch;
     config.sqlite_direct = engine == Engine::Direct;
@@ -153,7 +215,7 @@ async fn close(
 /// Appends `records` with `producers` concurrent appenders; returns (records/s, seconds).
 async fn throughput(
     url: &str,
-    sync: (Sync, Engine),
+    sync: Mode,
     records: u64,
     producers: u64,
     max_batch: usize,
@@ -180,12 +242,7 @@ async fn throughput(
 }
 
 /// One append at a time with idle gaps between; (p50, p90, p99) of one append, µs.
-async fn latency(
-    url: &str,
-    sync: (Sync, Engine),
-    appends: u64,
-    gap: Duration,
-) -> anyhow::Result<Latency> {
+async fn latency(url: &str, sync: Mode, appends: u64, gap: Duration) -> anyhow::Result<Latency> {
     let (store, writer, signer) = open(url, sync, 1_024).await?;
     let mut micros = Vec::with_capacity(usize::try_from(appends).unwrap_or(0));
     for i in 0..appends {
@@ -225,6 +282,7 @@ struct Rate {
 struct SyncReport {
     sync: Sync,
     engine: Engine,
+    layout: Layout,
     group_commit: Rate,
     per_record_tx: Rate,
     speedup: f64,
@@ -240,12 +298,24 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut reports = Vec::new();
-    let combos = args
-        .sync
-        .iter()
-        .flat_map(|&sync| args.engine.iter().map(move |&engine| (sync, engine)));
-    for (sync, engine) in combos {
-        let name = format!("{sync:?}-{engine:?}").to_lowercase();
+    // With `sync: full` the writer always uses the task engine: measure it once.
+    let mut combos: Vec<Mode> = Vec::new();
+    for &sync in &args.sync {
+        for &engine in &args.engine {
+            for &layout in &args.layout {
+                let engine = if sync == Sync::Full {
+                    Engine::Sqlx
+                } else {
+                    engine
+                };
+                if !combos.contains(&(sync, engine, layout)) {
+                    combos.push((sync, engine, layout));
+                }
+            }
+        }
+    }
+    for (sync, engine, layout) in combos {
+        let name = format!("{sync:?}-{engine:?}-{layout:?}").to_lowercase();
         let url = |mode: &str| {
             format!(
                 "sqlite://{}",
@@ -254,14 +324,14 @@ fn main() -> anyhow::Result<()> {
         };
         let (group, group_secs) = rt.block_on(throughput(
             &url("group"),
-            (sync, engine),
+            (sync, engine, layout),
             args.records,
             args.producers,
             1_024,
         ))?;
         let (single, single_secs) = rt.block_on(throughput(
             &url("single"),
-            (sync, engine),
+            (sync, engine, layout),
             args.baseline_records,
             args.producers,
             1,
@@ -270,7 +340,7 @@ fn main() -> anyhow::Result<()> {
             0 => None,
             n => Some(rt.block_on(latency(
                 &url("latency"),
-                (sync, engine),
+                (sync, engine, layout),
                 n,
                 Duration::from_micros(args.latency_gap_us),
             ))?),
@@ -278,6 +348,7 @@ fn main() -> anyhow::Result<()> {
         reports.push(SyncReport {
             sync,
             engine,
+            layout,
             group_commit: Rate {
                 records: args.records,
                 secs: group_secs,
@@ -301,7 +372,10 @@ fn main() -> anyhow::Result<()> {
     }
     println!("producers: {}", args.producers);
     for r in &reports {
-        println!("sync {:?}, engine {:?}:", r.sync, r.engine);
+        println!(
+            "sync {:?}, engine {:?}, layout {:?}:",
+            r.sync, r.engine, r.layout
+        );
         println!(
             "  group commit:        {:>10.0} records/s ({} records in {:.2} s)",
             r.group_commit.records_per_s, r.group_commit.records, r.group_commit.secs

@@ -646,8 +646,17 @@ async fn relayed_server_requests_discovery_and_listens_are_recorded() {
         .iter()
         .filter(|r| method(&r.event, "sampling/createMessage"))
         .collect();
-    assert_eq!(sampling.len(), 1, "{r:#?}");
+    assert_eq!(
+        sampling.len(),
+        2,
+        "the question and the client's answer: {r:#?}"
+    );
+    let answer = &sampling[1].event;
+    assert_eq!(answer.outcome, Some(Outcome::Ok), "{answer:?}");
+    assert!(answer.bytes_out.is_some_and(|n| n > 0), "{answer:?}");
+    assert_eq!(answer.session, sampling[0].event.session);
     let e = &sampling[0].event;
+    assert_eq!(e.outcome, None, "the question's record: {e:?}");
     assert_eq!(e.kind, RecordKind::Call);
     assert_eq!(e.decision.as_deref(), Some("allow"));
     assert_eq!(e.rule_id.as_deref(), Some("allow-all-test"));
@@ -661,7 +670,7 @@ async fn relayed_server_requests_discovery_and_listens_are_recorded() {
         .map(|r| r.seq)
         .collect();
     assert_eq!(call_seqs.len(), 2, "{r:#?}");
-    assert!(call_seqs[0] < sampling[0].seq && sampling[0].seq < call_seqs[1]);
+    assert!(call_seqs[0] < sampling[0].seq && sampling[1].seq < call_seqs[1]);
 
     let listens: Vec<_> = r
         .iter()

@@ -360,7 +360,9 @@ async fn agent_cannot_mint_a_task_token_for_another_agent_or_from_a_task_token()
 #[tokio::test]
 async fn expired_task_token_is_refused() {
     let gw = control_gateway().await;
-    let (token, _) = issue(&gw, OPS, json!({ "agent": "alice", "ttl": "1s" })).await;
+    // Expiry is a whole Unix second, so a token issued for 2s lives more than 1s and at most
+    // 2s; since calls in flight end at expiry, the first call needs that margin.
+    let (token, _) = issue(&gw, OPS, json!({ "agent": "alice", "ttl": "2s" })).await;
     assert_eq!(first_text(&call(&gw, &token, "fx__echo").await), "hi");
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let answer = call(&gw, &token, "fx__echo").await;
@@ -1034,5 +1036,133 @@ async fn revoked_task_token_ends_its_calls_in_flight() {
         bobs_last["result"]["content"][0]["text"], "LLM response: ok",
         "{bobs_last}"
     );
+    gw.stop().await;
+}
+
+/// `limits.rate` shared through Redis at `url` under `prefix`: bob may add three times an hour,
+/// across every replica.
+fn redis_rate_yaml(url: &str, prefix: &str) -> String {
+    format!(
+        "limits:\n  rate:\n    redis: {url}\n    key_prefix: \"{prefix}\"\n    limits:\n      - {{ id: bob-adds-global, agents: [bob], tools: [\"fx__add\"], calls: 3, per: 1h }}\n"
+    )
+}
+
+fn unique_redis_prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("portcullis-test:{test}:{}:{nanos}", std::process::id())
+}
+
+/// Deletes the keys under `prefix` in the real Redis; returns how many there were.
+async fn delete_redis_keys(prefix: &str) -> usize {
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379/0")
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis at 127.0.0.1:6379");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    keys.len()
+}
+
+#[tokio::test]
+async fn redis_rate_limit_is_global_across_two_gateway_replicas() {
+    let prefix = unique_redis_prefix("replicas");
+    let yaml = redis_rate_yaml("redis://127.0.0.1:6379/0", &prefix);
+    let first = gateway_with(&yaml).await;
+    let second = gateway_with(&yaml).await;
+    let (mut admitted, mut limited) = (0, 0);
+    for i in 0..8 {
+        let gw = if i % 2 == 0 { &first } else { &second };
+        let answer = call(gw, BOB, "fx__add").await;
+        match error_code(&answer) {
+            None => {
+                assert_eq!(first_text(&answer), "3");
+                admitted += 1;
+            }
+            Some(-31013) => {
+                assert_eq!(answer.status, 429, "{answer:?}");
+                assert_eq!(answer.last()["error"]["data"]["limit"], "bob-adds-global");
+                limited += 1;
+            }
+            other => panic!("{other:?}: {answer:?}"),
+        }
+    }
+    // Per replica (in memory) each would have admitted three: six in all.
+    assert_eq!((admitted, limited), (3, 5));
+    // Calls no limit covers are not affected.
+    assert_eq!(first_text(&call(&second, BOB, "fx__echo").await), "hi");
+    assert_eq!(first_text(&call(&first, ALICE, "fx__add").await), "3");
+    first.stop().await;
+    second.stop().await;
+    assert_eq!(delete_redis_keys(&prefix).await, 1, "one bucket: bob's");
+}
+
+#[tokio::test]
+async fn unreachable_redis_refuses_rate_limited_calls_fail_closed_bypass() {
+    // Nothing listens on port 1 of the loopback.
+    let gw = gateway_with(&redis_rate_yaml(
+        "redis://127.0.0.1:1/0",
+        &unique_redis_prefix("down"),
+    ))
+    .await;
+    let answer = call(&gw, BOB, "fx__add").await;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    let error = &answer.last()["error"];
+    assert_eq!(error["code"], -31016, "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("bob-adds-global") && message.contains("Redis"),
+        "{message}"
+    );
+    // Calls no limit applies to do not depend on Redis.
+    assert_eq!(first_text(&call(&gw, BOB, "fx__echo").await), "hi");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn expired_task_token_ends_its_calls_in_flight() {
+    let gw = control_gateway().await;
+    let (token, id) = issue(&gw, OPS, json!({ "agent": "alice", "ttl": "4s" })).await;
+    let mut client = LegacyClient::connect(&gw, "/mcp", &token, json!({ "sampling": {} })).await;
+    // A call that waits for the client's sampling answer, which never comes.
+    let mut stream = client
+        .request_stream(
+            "tools/call",
+            json!({ "name": "fx__test_sampling", "arguments": { "prompt": "hold on" } }),
+        )
+        .await;
+    assert_eq!(
+        stream.next_request().await["method"],
+        "sampling/createMessage"
+    );
+    // Nobody revokes it: the token's expiry alone ends the call.
+    let call_id = json!(client.last_id());
+    let last = tokio::time::timeout(Duration::from_secs(30), stream.until_response(&call_id))
+        .await
+        .expect("the call ends once its task token expires")
+        .pop()
+        .unwrap();
+    assert_eq!(last["error"]["code"], -31014, "{last}");
+    let message = last["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&id) && message.contains("expired"),
+        "{message}"
+    );
+    assert_eq!(last["error"]["data"]["rule"], format!("task-token:{id}"));
+    // And new calls are refused.
+    assert_eq!(call(&gw, &token, "fx__echo").await.status, 401);
     gw.stop().await;
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -80,6 +80,41 @@ impl Ca {
     fn client(&self, common_name: &str) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
         self.leaf(common_name, &[], ExtendedKeyUsagePurpose::ClientAuth, false)
     }
+
+    /// A client certificate with subject CN `common_name`, an optional subject OU, and exactly
+    /// the subject alternative names `sans`, in order.
+    fn client_with(
+        &self,
+        common_name: &str,
+        ou: Option<&str>,
+        sans: Vec<SanType>,
+    ) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        if let Some(ou) = ou {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationalUnitName, ou);
+        }
+        params.subject_alt_names = sans;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (
+            cert.der().clone(),
+            PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        )
+    }
+}
+
+fn uri(text: &str) -> SanType {
+    SanType::URI(text.try_into().unwrap())
+}
+
+fn dns(text: &str) -> SanType {
+    SanType::DnsName(text.try_into().unwrap())
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -108,6 +143,11 @@ struct TlsGateway {
 
 impl TlsGateway {
     async fn start(client_auth: &str) -> TlsGateway {
+        TlsGateway::start_with(client_auth, "{ agent_from: cn }", RULES).await
+    }
+
+    /// A gateway with `tls.identity` = `identity` (YAML flow mapping) and policy `rules`.
+    async fn start_with(client_auth: &str, identity: &str, rules: &str) -> TlsGateway {
         let dir = TempDir::new("mtls");
         let server_ca = Ca::new("portcullis test server ca");
         let client_ca = Ca::new("portcullis test client ca");
@@ -134,7 +174,7 @@ impl TlsGateway {
         ));
         let d = dir.0.display();
         let extra = format!(
-            "public_url: https://{addr}\ntls:\n  cert_file: {d}/server.pem\n  key_file: {d}/server.key\n  client_ca_file: {d}/clients.pem\n  client_auth: {client_auth}\n  identity: {{ agent_from: cn }}\n{RULES}"
+            "public_url: https://{addr}\ntls:\n  cert_file: {d}/server.pem\n  key_file: {d}/server.key\n  client_ca_file: {d}/clients.pem\n  client_auth: {client_auth}\n  identity: {identity}\n{rules}"
         );
         let yaml = config_yaml(addr, &fixture_url, &[], &extra);
         let config = portcullis_config::from_yaml(&yaml, "test").unwrap_or_else(|e| panic!("{e}"));
@@ -212,6 +252,26 @@ impl TlsGateway {
         }
         let answer = read_answer(request.send().await?).await;
         Ok(answer.last().clone())
+    }
+
+    /// A request with no bearer credential that authentication refuses: its status and
+    /// `WWW-Authenticate` challenge.
+    async fn refused(&self, client: &reqwest::Client) -> (u16, String) {
+        let response = client
+            .post(format!("https://{}/mcp", self.addr))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (response.status().as_u16(), challenge)
     }
 
     async fn stop(mut self) {
@@ -361,5 +421,155 @@ async fn bearer_api_key_over_tls_wins_over_the_client_cert() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
+    gw.stop().await;
+}
+
+const SPIFFE_AGENT: &str = "spiffe://example.org/ns/prod/sa/billing-bot";
+
+#[tokio::test]
+async fn san_uri_identity_names_the_agent_by_its_first_uri_san() {
+    let rules = format!(
+        "rules:\n  - {{ id: spiffe-echo, allow: {{ agents: [\"{SPIFFE_AGENT}\"], tools: [\"fx__echo\"] }} }}\n  - {{ id: cn-add, allow: {{ agents: [cn-agent, dns.example.org], tools: [\"fx__add\"] }} }}\n"
+    );
+    let gw = TlsGateway::start_with("required", "{ agent_from: san_uri }", &rules).await;
+    // The CN and a DNS SAN (listed first) are not the agent: the URI SAN is.
+    let cert = gw.client_ca.client_with(
+        "cn-agent",
+        None,
+        vec![
+            dns("dns.example.org"),
+            uri(SPIFFE_AGENT),
+            uri("spiffe://example.org/second"),
+        ],
+    );
+    let client = gw.client(Some(cert));
+    let ok = gw
+        .call(&client, None, "fx__echo", json!({"text": "spiffe"}))
+        .await
+        .unwrap();
+    assert!(ok.get("result").is_some(), "{ok}");
+    let denied = gw
+        .call(&client, None, "fx__add", json!({"a": 1, "b": 2}))
+        .await
+        .unwrap();
+    assert_denied(&denied, &format!("for agent {SPIFFE_AGENT}"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn san_uri_identity_refuses_a_cert_without_a_uri_san_bypass() {
+    let gw = TlsGateway::start_with("required", "{ agent_from: san_uri }", RULES).await;
+    // A valid certificate whose CN and DNS SAN would name an allowed agent under `cn`.
+    let cert = gw
+        .client_ca
+        .client_with("cert-agent", None, vec![dns("cert-agent")]);
+    let (status, challenge) = gw.refused(&gw.client(Some(cert))).await;
+    assert_eq!(status, 401, "{challenge}");
+    assert!(challenge.contains("invalid_token"), "{challenge}");
+    assert!(
+        challenge.contains("URI subject alternative name"),
+        "{challenge}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn san_dns_identity_names_the_agent_by_its_first_dns_san() {
+    let rules = "rules:\n  - { id: dns-echo, allow: { agents: [billing.agents.example], tools: [\"fx__echo\"] } }\n";
+    let gw = TlsGateway::start_with("required", "{ agent_from: san_dns }", rules).await;
+    let cert = gw.client_ca.client_with(
+        "cn-agent",
+        None,
+        vec![
+            uri("spiffe://example.org/not-this"),
+            dns("billing.agents.example"),
+            dns("second.agents.example"),
+        ],
+    );
+    let client = gw.client(Some(cert));
+    let ok = gw
+        .call(&client, None, "fx__echo", json!({"text": "dns"}))
+        .await
+        .unwrap();
+    assert!(ok.get("result").is_some(), "{ok}");
+    let denied = gw
+        .call(&client, None, "fx__add", json!({"a": 1, "b": 2}))
+        .await
+        .unwrap();
+    assert_denied(&denied, "for agent billing.agents.example");
+    // Without a DNS SAN (a URI one only) the certificate names nobody.
+    let no_dns = gw.client_ca.client_with(
+        "billing.agents.example",
+        None,
+        vec![uri("spiffe://example.org/billing")],
+    );
+    let (status, challenge) = gw.refused(&gw.client(Some(no_dns))).await;
+    assert_eq!(status, 401, "{challenge}");
+    assert!(
+        challenge.contains("DNS subject alternative name"),
+        "{challenge}"
+    );
+    gw.stop().await;
+}
+
+/// `payments` may add (by role); nothing else is allowed.
+const ROLE_RULES: &str =
+    "rules:\n  - { id: payments-add, allow: { roles: [payments], tools: [\"fx__add\"] } }\n";
+
+#[tokio::test]
+async fn roles_from_ou_gives_the_subject_ou_as_a_role() {
+    let gw = TlsGateway::start_with(
+        "required",
+        "{ agent_from: cn, roles_from_ou: true }",
+        ROLE_RULES,
+    )
+    .await;
+    let payments = gw
+        .client_ca
+        .client_with("ou-agent", Some("payments"), vec![]);
+    let ok = gw
+        .call(
+            &gw.client(Some(payments)),
+            None,
+            "fx__add",
+            json!({"a": 2, "b": 3}),
+        )
+        .await
+        .unwrap();
+    assert!(ok.get("result").is_some(), "{ok}");
+    // Another OU is another role: the same agent name is denied.
+    let marketing = gw
+        .client_ca
+        .client_with("ou-agent", Some("marketing"), vec![]);
+    let denied = gw
+        .call(
+            &gw.client(Some(marketing)),
+            None,
+            "fx__add",
+            json!({"a": 2, "b": 3}),
+        )
+        .await
+        .unwrap();
+    assert_denied(&denied, "for agent ou-agent");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn subject_ou_is_not_a_role_unless_roles_from_ou_bypass() {
+    // roles_from_ou defaults to false: an OU in a certificate must not grant a role.
+    let gw = TlsGateway::start_with("required", "{ agent_from: cn }", ROLE_RULES).await;
+    let payments = gw
+        .client_ca
+        .client_with("ou-agent", Some("payments"), vec![]);
+    let denied = gw
+        .call(
+            &gw.client(Some(payments)),
+            None,
+            "fx__add",
+            json!({"a": 2, "b": 3}),
+        )
+        .await
+        .unwrap();
+    assert_denied(&denied, "for agent ou-agent");
     gw.stop().await;
 }

@@ -1070,6 +1070,24 @@ async fn sampling_request_with_an_email_is_redacted_in_place_and_a_secret_is_ref
         has_finding(&relayed, "pii", "/messages/0/content/text"),
         "{relayed}"
     );
+    assert!(
+        relayed["outcome"].is_null(),
+        "the question's record: {relayed}"
+    );
+    // The client's answer has its own record: outcome, latency and size of the answer.
+    let answered = exported_record(&storage, |r| {
+        r["method"] == "sampling/createMessage" && !r["outcome"].is_null() && r["kind"] == "call"
+    })
+    .await;
+    assert_eq!(answered["outcome"]["status"], "ok", "{answered}");
+    assert_eq!(answered["server"], "fx");
+    assert_eq!(answered["principal"]["agent"], "alice");
+    assert_eq!(answered["session"], relayed["session"], "{answered}");
+    assert!(
+        answered["bytes_out"].as_i64().is_some_and(|n| n > 0),
+        "{answered}"
+    );
+    assert!(answered["latency_us"].as_i64().is_some(), "{answered}");
 
     // A secret in the server's request is not rewritten but refused: the client is never
     // asked, and the upstream gets the scanners' error.
@@ -1101,5 +1119,58 @@ async fn sampling_request_with_an_email_is_redacted_in_place_and_a_secret_is_ref
         has_finding(&refused, "secret", "/messages/0/content/text"),
         "{refused}"
     );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn poisoned_server_instructions_leave_an_alert_record_in_the_trail() {
+    let (url, _fx) = fixture(FixtureOptions {
+        poisoned_instructions: true,
+        ..Default::default()
+    })
+    .await;
+    let storage = format!("sqlite://{}", fresh_store_path().display());
+    let gw = gateway_with_servers(
+        &[("bad", server(&url))],
+        &format!("storage: \"{storage}\"\n"),
+    )
+    .await;
+    for id in 0..2 {
+        let body = json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{"protocolVersion":LEGACY,"capabilities":{},"clientInfo":{"name":"test","version":"0"}}});
+        let answer = post_raw(&gw, "/mcp/bad", Some(ALICE), &[], body.to_string()).await;
+        let result = &answer.last()["result"];
+        assert!(result["protocolVersion"].is_string(), "{answer:?}");
+        assert!(
+            result["instructions"].is_null(),
+            "poisoned instructions are left out: {result}"
+        );
+    }
+    let alert = exported_record(&storage, |r| r["kind"] == "alert" && r["server"] == "bad").await;
+    assert_eq!(alert["method"], "initialize", "{alert}");
+    assert_eq!(alert["decision"], "quarantine", "{alert}");
+    assert_eq!(alert["rule_id"], "poisoning", "{alert}");
+    let findings = alert["findings"].as_array().unwrap();
+    assert!(
+        findings.iter().any(|f| f["rule"] == "metadata.poisoned"
+            && f["location"]
+                .as_str()
+                .is_some_and(|l| l.starts_with("instructions (sha256 "))),
+        "{alert}"
+    );
+    assert!(
+        findings.len() > 1,
+        "the scanner's findings come along: {alert}"
+    );
+    assert!(
+        !alert.to_string().contains("id_rsa"),
+        "never the text: {alert}"
+    );
+    // Alerted once per server and text, not once per session.
+    let alerts = exported(&storage)
+        .await
+        .into_iter()
+        .filter(|r| r["kind"] == "alert")
+        .count();
+    assert_eq!(alerts, 1);
     gw.stop().await;
 }

@@ -12,14 +12,28 @@
 //!   rate:                                    # every matching entry applies; all must admit
 //!     - { id: bots, agents: ["bot-*"], tools: ["billing__*"], calls: 10, per: 1s, burst: 20, bucket: agent }
 //! ```
+//!
+//! Buckets live in each replica's memory unless `limits.rate` is a mapping naming a Redis
+//! server, which every replica then shares (exact limits across replicas):
+//!
+//! ```yaml
+//! limits:
+//!   rate:
+//!     redis: redis://127.0.0.1:6379/0        # redis:// or unix://; a password may be in the URL
+//!     key_prefix: portcullis:rate            # default; keys are `{key_prefix}:{limit id}:{digest}`
+//!     limits:
+//!       - { id: bots, agents: ["bot-*"], calls: 10, per: 1s }
+//! ```
+//!
+//! With `redis`, a call whose limits Redis cannot answer is refused (fail closed).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::ConfigError;
 use crate::raw::HumanDuration;
+use crate::{ConfigError, Secret};
 
 /// `admin:`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -83,6 +97,46 @@ pub struct RawRateLimit {
     /// What one bucket counts: `agent` (default), `tool` (each agent and tool), `token` (each
     /// task token; other credentials count per agent), `global` (everyone matching together).
     pub bucket: Option<String>,
+}
+
+/// `limits.rate` as written: a list of limits (buckets in memory), or a mapping with `redis`,
+/// `key_prefix` and `limits` (buckets shared through Redis).
+#[derive(Debug, Clone)]
+pub enum RawRate {
+    List(Vec<RawRateLimit>),
+    Shared(RawSharedRate),
+}
+
+/// `limits.rate` as a mapping.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSharedRate {
+    /// URL of the Redis server that holds the buckets (`redis://` or `unix://`).
+    pub redis: Option<String>,
+    /// Prefix of every key (default `portcullis:rate`).
+    pub key_prefix: Option<String>,
+    pub limits: Option<Vec<RawRateLimit>>,
+}
+
+impl<'de> Deserialize<'de> for RawRate {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Shape;
+        impl<'de> serde::de::Visitor<'de> for Shape {
+            type Value = RawRate;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of rate limits, or a mapping with redis, key_prefix and limits")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawRate, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(RawRate::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawRate, A::Error> {
+                RawSharedRate::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawRate::Shared)
+            }
+        }
+        deserializer.deserialize_any(Shape)
+    }
 }
 
 /// Admin API roles, in increasing power: each role may do everything the ones below it may.
@@ -188,6 +242,26 @@ pub struct RateLimit {
     pub bucket: RateBucket,
 }
 
+/// `limits.rate`, compiled: the limits and where their buckets live.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RateConfig {
+    pub limits: Vec<RateLimit>,
+    /// Shared buckets in Redis; `None`: each replica keeps its own in memory.
+    pub redis: Option<RedisRate>,
+}
+
+/// Where shared rate-limit buckets live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisRate {
+    /// The server's URL (may carry a password, hence a [`Secret`]).
+    pub url: Secret,
+    /// Prefix of every key this gateway writes.
+    pub key_prefix: String,
+}
+
+/// The default `limits.rate.key_prefix`.
+pub const DEFAULT_RATE_KEY_PREFIX: &str = "portcullis:rate";
+
 /// Compiles `admin:`; problems are appended to `errors` with their paths.
 pub(crate) fn compile_admin(raw: Option<RawAdmin>, errors: &mut Vec<ConfigError>) -> AdminConfig {
     let mut config = AdminConfig::default();
@@ -281,15 +355,90 @@ pub(crate) fn compile_admin(raw: Option<RawAdmin>, errors: &mut Vec<ConfigError>
 }
 
 /// Compiles `limits.rate`; problems are appended to `errors` with their paths.
-pub(crate) fn compile_rates(
-    raw: Option<Vec<RawRateLimit>>,
+pub(crate) fn compile_rates(raw: Option<RawRate>, errors: &mut Vec<ConfigError>) -> RateConfig {
+    match raw {
+        None => RateConfig::default(),
+        Some(RawRate::List(list)) => RateConfig {
+            limits: compile_rate_list(list, "limits.rate", errors),
+            redis: None,
+        },
+        Some(RawRate::Shared(shared)) => {
+            let redis = compile_redis(shared.redis, shared.key_prefix, errors);
+            RateConfig {
+                limits: compile_rate_list(
+                    shared.limits.unwrap_or_default(),
+                    "limits.rate.limits",
+                    errors,
+                ),
+                redis,
+            }
+        }
+    }
+}
+
+fn compile_redis(
+    url: Option<String>,
+    key_prefix: Option<String>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<RedisRate> {
+    let mut error = |path: &str, message: &str| {
+        errors.push(ConfigError {
+            path: path.to_owned(),
+            message: message.to_owned(),
+        })
+    };
+    let key_prefix = match key_prefix {
+        None => DEFAULT_RATE_KEY_PREFIX.to_owned(),
+        Some(prefix)
+            if prefix.is_empty()
+                || prefix.len() > 200
+                || prefix.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+        {
+            error(
+                "limits.rate.key_prefix",
+                "expected 1 to 200 characters without spaces or control characters",
+            );
+            return None;
+        }
+        Some(prefix) => prefix,
+    };
+    let url = url.map(|url| url.trim().to_owned());
+    match url.as_deref() {
+        None | Some("") => {
+            error(
+                "limits.rate.redis",
+                "required when limits.rate is a mapping (or write limits.rate as a list)",
+            );
+            None
+        }
+        Some(url) if url.starts_with("redis://") || url.starts_with("unix://") => Some(RedisRate {
+            url: Secret::new(url),
+            key_prefix,
+        }),
+        Some(url) if url.starts_with("rediss://") => {
+            error(
+                "limits.rate.redis",
+                "TLS to Redis (rediss://) is not supported by this build; use redis:// on a trusted network or unix://",
+            );
+            None
+        }
+        Some(_) => {
+            error("limits.rate.redis", "expected a redis:// or unix:// URL");
+            None
+        }
+    }
+}
+
+fn compile_rate_list(
+    raw: Vec<RawRateLimit>,
+    base: &str,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<RateLimit> {
     let mut error = |path: String, message: String| errors.push(ConfigError { path, message });
     let mut ids = BTreeSet::new();
     let mut out = Vec::new();
-    for (i, entry) in raw.unwrap_or_default().into_iter().enumerate() {
-        let path = format!("limits.rate[{i}]");
+    for (i, entry) in raw.into_iter().enumerate() {
+        let path = format!("{base}[{i}]");
         let id = entry.id.unwrap_or_else(|| format!("rate[{i}]"));
         if !ids.insert(id.clone()) {
             error(
@@ -367,7 +516,13 @@ mod tests {
     }
 
     fn rates(yaml: &str) -> (Vec<RateLimit>, Vec<ConfigError>) {
-        let raw: Vec<RawRateLimit> = serde_yaml_ng::from_str(yaml).unwrap();
+        let (config, errors) = rate_config(yaml);
+        assert_eq!(config.redis, None);
+        (config.limits, errors)
+    }
+
+    fn rate_config(yaml: &str) -> (RateConfig, Vec<ConfigError>) {
+        let raw: RawRate = serde_yaml_ng::from_str(yaml).unwrap();
         let mut errors = Vec::new();
         (compile_rates(Some(raw), &mut errors), errors)
     }
@@ -456,6 +611,53 @@ mod tests {
                 "limits.rate[2].calls: required",
                 "limits.rate[2].burst: must be at least 1",
             ]
+        );
+    }
+
+    #[test]
+    fn rate_limits_as_a_mapping_share_buckets_through_redis() {
+        let (config, errors) =
+            rate_config("redis: redis://:pw@127.0.0.1:6379/2\nlimits:\n  - { id: bots, calls: 5 }");
+        assert!(errors.is_empty(), "{errors:?}");
+        let redis = config.redis.expect("redis");
+        assert_eq!(redis.url.expose(), "redis://:pw@127.0.0.1:6379/2");
+        assert_eq!(redis.key_prefix, DEFAULT_RATE_KEY_PREFIX);
+        assert!(!format!("{redis:?}").contains("pw"), "the URL is a secret");
+        assert_eq!(config.limits[0].id, "bots");
+        assert_eq!(config.limits[0].calls, 5);
+    }
+
+    #[test]
+    fn bad_redis_rate_settings_name_their_paths() {
+        let cases = [
+            ("limits: []", "limits.rate.redis: required when"),
+            ("redis: http://x", "limits.rate.redis: expected a redis://"),
+            ("redis: rediss://x", "limits.rate.redis: TLS to Redis"),
+            (
+                "redis: redis://x\nkey_prefix: \"a b\"",
+                "limits.rate.key_prefix: expected",
+            ),
+            (
+                "redis: redis://x\nlimits: [{ calls: 0 }]",
+                "limits.rate.limits[0].calls: must be at least 1",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let (config, errors) = rate_config(yaml);
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            assert!(
+                text.iter().any(|t| t.starts_with(expected)),
+                "{yaml}: {text:?}"
+            );
+            assert!(config.limits.is_empty(), "{yaml}");
+        }
+        let unknown = serde_yaml_ng::from_str::<RawRate>("redis: redis://x\nbucket: agent");
+        assert!(
+            unknown
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `bucket`"),
+            "a mistyped key is an error"
         );
     }
 }

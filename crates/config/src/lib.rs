@@ -39,7 +39,9 @@ use std::time::Duration;
 
 pub use audit::{AuditConfig, AuditRetention, AuditSync, OnAuditFailure};
 pub use compile::{Loader, from_yaml, load, mask_url_password};
-pub use control::{AdminConfig, AdminRole, AdminToken, RateBucket, RateLimit};
+pub use control::{
+    AdminConfig, AdminRole, AdminToken, RateBucket, RateConfig, RateLimit, RedisRate,
+};
 pub use scanners::ScannersConfig;
 pub use upstream_oauth::OAuthClientCredentials;
 pub use watch::{WatchError, watch};
@@ -236,8 +238,8 @@ pub struct LimitsConfig {
     /// Idle legacy sessions are ended after this long.
     pub session_idle_timeout: Duration,
     pub max_batch: usize,
-    /// `limits.rate`: token-bucket rate limits and quotas.
-    pub rate: Vec<RateLimit>,
+    /// `limits.rate`: token-bucket rate limits and quotas, and where their buckets live.
+    pub rate: RateConfig,
 }
 
 impl Default for LimitsConfig {
@@ -251,7 +253,7 @@ impl Default for LimitsConfig {
             request_timeout: Duration::from_secs(120),
             session_idle_timeout: Duration::from_secs(3600),
             max_batch: 64,
-            rate: Vec::new(),
+            rate: RateConfig::default(),
         }
     }
 }

@@ -134,8 +134,9 @@ pub struct RawLimits {
     pub session_idle_timeout: Option<HumanDuration>,
     /// Most messages in one JSON-RPC batch (default 64).
     pub max_batch: Option<u64>,
-    /// Token-bucket rate limits and quotas per agent, tool or task token.
-    pub rate: Option<Vec<crate::control::RawRateLimit>>,
+    /// Token-bucket rate limits and quotas per agent, tool or task token (a list, or a mapping
+    /// that also names the Redis server sharing the buckets: [`crate::control::RawRate`]).
+    pub rate: Option<crate::control::RawRate>,
 }
 
 /// One catalog server under `servers.<name>`: set exactly one of `command` (stdio) or `url`

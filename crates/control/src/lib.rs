@@ -8,22 +8,24 @@
 //! on a task token with `max_calls` is counted in the store, the one place that is exact across
 //! replicas. [`Control::poll_store`] picks up other replicas' changes about once a second.
 //!
-//! Rate-limit buckets are in memory, per replica (a global limit across replicas needs a shared
-//! counter this build does not have).
+//! Rate-limit buckets are in memory, per replica, unless `limits.rate.redis` names a Redis
+//! server: then every replica takes from the same buckets there ([`rate_shared`]), and a call
+//! Redis cannot answer is refused as [`Refusal::Unavailable`] (fail closed).
 
 pub mod kill;
 pub mod rate;
+pub mod rate_shared;
 pub mod task;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use portcullis_config::RateLimit;
+use portcullis_config::RateConfig;
 use portcullis_store::{Migration, Store};
 
 use kill::{KillSwitch, KillSwitches};
-use rate::{RateCounter, RateKey, RateLimiter, RateRefusal};
+use rate::{RateCounter, RateDenied, RateKey, RateLimiter, RateRefusal};
 use task::{ConsumeError, ScopeError, TaskScope, TaskTokens};
 
 /// Failures of control operations.
@@ -107,23 +109,23 @@ pub struct Control {
 
 impl Control {
     /// Migrates the `control` tables of `store` and loads the switches and live tokens.
-    pub async fn open(store: Store, limits: &[RateLimit]) -> Result<Control, ControlError> {
+    pub async fn open(store: Store, rates: &RateConfig) -> Result<Control, ControlError> {
         store.migrate("control", MIGRATIONS).await?;
         Ok(Control {
             kills: KillSwitches::load(store.clone()).await?,
             tokens: TaskTokens::load(store).await?,
-            rates: RwLock::new(Arc::new(RateLimiter::new(limits))),
+            rates: RwLock::new(Arc::new(RateLimiter::from_config(rates))),
             killed: AtomicU64::new(0),
             out_of_scope: AtomicU64::new(0),
         })
     }
 
     /// Applies the rate limits of a new configuration. Unchanged limits keep their buckets and
-    /// counters.
-    pub fn configure(&self, limits: &[RateLimit]) {
+    /// counters (and their Redis connection, when shared).
+    pub fn configure(&self, rates: &RateConfig) {
         let mut current = self.rates.write().expect("poisoned");
-        if !current.limits().eq(limits.iter()) {
-            *current = Arc::new(RateLimiter::new(limits));
+        if !current.is_for(rates) {
+            *current = Arc::new(RateLimiter::from_config(rates));
         }
     }
 
@@ -146,16 +148,15 @@ impl Control {
             return Err(Refusal::OutOfScope(error));
         }
         let limiter = self.rates.read().expect("poisoned").clone();
-        limiter
-            .check(
-                &RateKey {
-                    agent: call.agent,
-                    tool: call.tool,
-                    token: call.task.map(|task| task.id.as_str()),
-                },
-                Instant::now(),
-            )
-            .map_err(Refusal::RateLimited)?;
+        let key = RateKey {
+            agent: call.agent,
+            tool: call.tool,
+            token: call.task.map(|task| task.id.as_str()),
+        };
+        limiter.take(&key).await.map_err(|denied| match denied {
+            RateDenied::Limited(refusal) => Refusal::RateLimited(refusal),
+            RateDenied::Unavailable(why) => Refusal::Unavailable(why),
+        })?;
         if let Some(task) = call.task {
             match self.tokens.consume_call(task).await {
                 Ok(()) => {}

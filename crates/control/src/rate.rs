@@ -8,15 +8,22 @@
 //! buckets that have refilled completely (which a fresh bucket would equal) are dropped; if none
 //! can be, the call is refused rather than memory grown (fail closed).
 //!
-//! Counters per limit (admitted, refused) are kept for metrics: [`RateLimiter::counters`].
+//! With `limits.rate.redis` the buckets are kept in Redis instead, shared by every replica
+//! ([`crate::rate_shared`]): the same arithmetic, done by a script on the server; a call Redis
+//! cannot answer is refused ([`RateDenied::Unavailable`]). Without it, nothing here waits.
+//!
+//! Counters per limit (admitted, refused) are kept for metrics: [`RateLimiter::counters`]
+//! (this replica's decisions, in both modes).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use portcullis_config::{RateBucket, RateLimit};
+use portcullis_config::{RateBucket, RateConfig, RateLimit, RedisRate};
 use portcullis_policy::glob::Glob;
+
+use crate::rate_shared::{SharedBucket, SharedBuckets, SharedVerdict};
 
 /// Most buckets kept at once.
 pub const MAX_BUCKETS: usize = 100_000;
@@ -36,6 +43,15 @@ pub struct RateKey<'a> {
 pub struct RateRefusal {
     pub limit: String,
     pub retry_after: Duration,
+}
+
+/// Why [`RateLimiter::take`] did not admit a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateDenied {
+    /// A limit refuses it for now.
+    Limited(RateRefusal),
+    /// The shared buckets (Redis) could not be asked: refused, fail closed.
+    Unavailable(String),
 }
 
 /// One limit's counters, for metrics.
@@ -91,6 +107,10 @@ pub struct RateLimiter {
     limits: Vec<Compiled>,
     /// (limit index, bucket name) → bucket.
     buckets: Mutex<HashMap<(usize, String), Bucket>>,
+    /// Where the buckets live when they are shared: `Some` with `limits.rate.redis`.
+    shared: Option<(RedisRate, SharedBuckets)>,
+    /// Set when `limits.rate.redis` could not be used: every limited call is refused.
+    broken: Option<String>,
 }
 
 impl RateLimiter {
@@ -108,12 +128,104 @@ impl RateLimiter {
                 })
                 .collect(),
             buckets: Mutex::new(HashMap::new()),
+            shared: None,
+            broken: None,
         }
+    }
+
+    /// The limiter of `limits.rate`: buckets in memory, or in Redis when it names one. A Redis
+    /// URL the client library rejects leaves every call refused (fail closed), with the reason.
+    pub fn from_config(config: &RateConfig) -> RateLimiter {
+        let mut limiter = RateLimiter::new(&config.limits);
+        if let Some(redis) = &config.redis {
+            match SharedBuckets::new(redis) {
+                Ok(buckets) => limiter.shared = Some((redis.clone(), buckets)),
+                Err(error) => {
+                    tracing::error!(%error, "limits.rate.redis: cannot use this Redis URL; rate-limited calls will be refused");
+                    limiter.broken = Some(error.to_string());
+                }
+            }
+        }
+        limiter
+    }
+
+    /// Is this the limiter of `config` (same limits, same store)?
+    pub fn is_for(&self, config: &RateConfig) -> bool {
+        self.limits().eq(config.limits.iter())
+            && self.shared.as_ref().map(|(redis, _)| redis) == config.redis.as_ref()
+            && self.broken.is_none()
     }
 
     /// The limits this limiter enforces.
     pub fn limits(&self) -> impl Iterator<Item = &RateLimit> {
         self.limits.iter().map(|c| &c.config)
+    }
+
+    /// Admits one call now, taking a token from each bucket it falls under, or says why not.
+    /// In memory this is [`RateLimiter::check`]; with shared buckets, one Redis round trip.
+    pub async fn take(&self, key: &RateKey<'_>) -> Result<(), RateDenied> {
+        if let Some(why) = &self.broken {
+            return self.unavailable(key, why.clone());
+        }
+        let Some((_, shared)) = &self.shared else {
+            return self.check(key, Instant::now()).map_err(RateDenied::Limited);
+        };
+        let applicable: Vec<usize> = self
+            .limits
+            .iter()
+            .enumerate()
+            .filter(|(_, limit)| limit.applies(key))
+            .map(|(i, _)| i)
+            .collect();
+        if applicable.is_empty() {
+            return Ok(());
+        }
+        let buckets: Vec<SharedBucket> = applicable
+            .iter()
+            .map(|&i| {
+                let limit = &self.limits[i];
+                SharedBucket {
+                    key: shared.key(&limit.config.id, &limit.bucket_name(key)),
+                    per_second: limit.rate,
+                    burst: limit.config.burst,
+                }
+            })
+            .collect();
+        match shared.take(&buckets).await {
+            Ok(SharedVerdict::Admitted) => {
+                for i in applicable {
+                    self.limits[i].admitted.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Ok(SharedVerdict::Refused { index, wait_ms }) => {
+                let limit = &self.limits[applicable[index]];
+                limit.refused.fetch_add(1, Ordering::Relaxed);
+                Err(RateDenied::Limited(RateRefusal {
+                    limit: limit.config.id.clone(),
+                    retry_after: Duration::from_millis(wait_ms.max(1)),
+                }))
+            }
+            Err(why) => {
+                tracing::warn!(error = %why, "rate limits: Redis did not answer; refusing the call");
+                self.unavailable(key, why)
+            }
+        }
+    }
+
+    /// Refuses a call that some limit applies to because the shared buckets cannot be asked;
+    /// a call no limit applies to goes on.
+    fn unavailable(&self, key: &RateKey<'_>, why: String) -> Result<(), RateDenied> {
+        match self.limits.iter().find(|limit| limit.applies(key)) {
+            None => Ok(()),
+            Some(limit) => {
+                limit.refused.fetch_add(1, Ordering::Relaxed);
+                Err(RateDenied::Unavailable(format!(
+                    "rate limit {} cannot be checked: the shared rate-limit store (Redis) is unavailable ({why})",
+                    limit.config.id
+                )))
+            }
+        }
     }
 
     /// Admits one call at `now`, or says which limit refuses it and for how long.

@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_policy::glob::Glob;
 use portcullis_store::{Store, on_pool, unix_now};
@@ -105,6 +106,12 @@ impl TaskScope {
 
     pub fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::Acquire)
+    }
+
+    /// Has the token's lifetime ended (whole Unix seconds, as [`TaskTokens::authenticate`]
+    /// decides)?
+    pub fn is_expired(&self) -> bool {
+        unix_now() >= self.expires_at
     }
 
     /// Reserves one call in memory: false when the token has none left.
@@ -305,7 +312,7 @@ impl TaskTokens {
         if scope.is_revoked() {
             return Err(TokenRefusal::Revoked);
         }
-        if unix_now() >= scope.expires_at {
+        if scope.is_expired() {
             return Err(TokenRefusal::Expired);
         }
         Ok(scope)
@@ -478,6 +485,23 @@ pub async fn wait_for_revocation(revocations: &mut watch::Receiver<u64>, scope: 
     }
 }
 
+/// Waits until `scope` expires: the moment its `expires_at` second begins by the wall clock,
+/// when [`TaskTokens::authenticate`] starts refusing it; at once if it has already expired.
+/// Calls and streams in flight on the token end then, as on a revocation.
+pub async fn wait_for_expiry(scope: &TaskScope) {
+    let expires = Duration::from_secs(u64::try_from(scope.expires_at).unwrap_or(0));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    // tokio clamps a far-away deadline (a token that never expires) to its own far future.
+    tokio::time::sleep(expires.saturating_sub(now)).await;
+    // The timer may fire a hair early by the wall clock; never end a call before the token
+    // is expired by the same test `authenticate` uses.
+    while !scope.is_expired() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Why a call could not be counted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConsumeError {
@@ -547,6 +571,30 @@ mod tests {
             created_at: 0,
             used: AtomicU64::new(0),
             revoked: AtomicBool::new(false),
+        }
+    }
+
+    #[tokio::test]
+    async fn expiry_wait_ends_when_the_token_expires_and_not_before() {
+        let mut expired = scope(&[], &[], None);
+        expired.expires_at = unix_now() - 1;
+        assert!(expired.is_expired());
+        tokio::time::timeout(Duration::from_secs(5), wait_for_expiry(&expired))
+            .await
+            .expect("an expired token's wait ends at once");
+
+        let mut soon = scope(&[], &[], None);
+        soon.expires_at = unix_now() + 1;
+        assert!(!soon.is_expired());
+        tokio::time::timeout(Duration::from_secs(5), wait_for_expiry(&soon))
+            .await
+            .expect("the wait ends once the second of expiry begins");
+        assert!(soon.is_expired(), "never before the token is expired");
+
+        let never = scope(&[], &[], None);
+        tokio::select! {
+            () = wait_for_expiry(&never) => panic!("a token expiring at i64::MAX ended"),
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use portcullis_config::{RateBucket, RateLimit};
+use portcullis_config::{RateBucket, RateConfig, RateLimit};
 use portcullis_control::kill::{Scope, Target, wait_for_kill};
 use portcullis_control::task::{IssueRequest, ScopeError, TokenRefusal, wait_for_revocation};
 use portcullis_control::{CallFacts, Control, Refusal};
@@ -75,8 +75,10 @@ store_test!(
     kill_persistence
 );
 async fn kill_persistence(a: Store, b: Store) {
-    let first = Control::open(a.clone(), &[]).await.unwrap();
-    let other = Control::open(b, &[]).await.unwrap();
+    let first = Control::open(a.clone(), &RateConfig::default())
+        .await
+        .unwrap();
+    let other = Control::open(b, &RateConfig::default()).await.unwrap();
     first
         .kills
         .kill(
@@ -98,7 +100,7 @@ async fn kill_persistence(a: Store, b: Store) {
 
     // A restart (a new Control on the same database) loads it.
     drop(first);
-    let restarted = Control::open(a, &[]).await.unwrap();
+    let restarted = Control::open(a, &RateConfig::default()).await.unwrap();
     assert_eq!(restarted.kills.snapshot().switches().len(), 1);
     assert!(
         restarted
@@ -118,7 +120,7 @@ async fn kill_persistence(a: Store, b: Store) {
 
 store_test!(kill_wakes_calls_in_flight, kill_wakes);
 async fn kill_wakes(a: Store, _b: Store) {
-    let control = Arc::new(Control::open(a, &[]).await.unwrap());
+    let control = Arc::new(Control::open(a, &RateConfig::default()).await.unwrap());
     let mut sets = control.kills.subscribe();
     let waiting = tokio::spawn(async move {
         wait_for_kill(&mut sets, "alice", Some("fx"), Some("fx__slow")).await
@@ -149,7 +151,7 @@ async fn kill_wakes(a: Store, _b: Store) {
 
 store_test!(lockdown_stops_every_agent, lockdown);
 async fn lockdown(a: Store, _b: Store) {
-    let control = Control::open(a, &[]).await.unwrap();
+    let control = Control::open(a, &RateConfig::default()).await.unwrap();
     control
         .kills
         .kill(Target::new(Scope::All, None).unwrap(), "breach", "ops")
@@ -166,8 +168,10 @@ async fn lockdown(a: Store, _b: Store) {
 
 store_test!(task_token_lifecycle, token_lifecycle);
 async fn token_lifecycle(a: Store, b: Store) {
-    let control = Control::open(a.clone(), &[]).await.unwrap();
-    let other = Control::open(b, &[]).await.unwrap();
+    let control = Control::open(a.clone(), &RateConfig::default())
+        .await
+        .unwrap();
+    let other = Control::open(b, &RateConfig::default()).await.unwrap();
     let (secret, scope) = control
         .tokens
         .issue(issue("bot", &["fx"], &["fx__echo"], 600, None))
@@ -263,7 +267,7 @@ async fn token_lifecycle(a: Store, b: Store) {
 
 store_test!(expired_task_token_is_refused, token_expiry);
 async fn token_expiry(a: Store, _b: Store) {
-    let control = Control::open(a, &[]).await.unwrap();
+    let control = Control::open(a, &RateConfig::default()).await.unwrap();
     let (secret, _) = control
         .tokens
         .issue(issue("bot", &[], &[], 1, None))
@@ -300,8 +304,8 @@ store_test!(
     max_calls_exact
 );
 async fn max_calls_exact(a: Store, b: Store) {
-    let first = Arc::new(Control::open(a, &[]).await.unwrap());
-    let second = Arc::new(Control::open(b, &[]).await.unwrap());
+    let first = Arc::new(Control::open(a, &RateConfig::default()).await.unwrap());
+    let second = Arc::new(Control::open(b, &RateConfig::default()).await.unwrap());
     let (secret, _) = first
         .tokens
         .issue(issue("bot", &[], &[], 600, Some(20)))
@@ -357,9 +361,11 @@ async fn rate_limits_follow_config_reloads() {
         burst: 1,
         bucket: RateBucket::Agent,
     };
-    let control = Control::open(store, std::slice::from_ref(&limit))
-        .await
-        .unwrap();
+    let rates = RateConfig {
+        limits: vec![limit],
+        redis: None,
+    };
+    let control = Control::open(store, &rates).await.unwrap();
     assert!(control.admit(&facts("a", "fx", None)).await.is_ok());
     let Err(Refusal::RateLimited(refusal)) = control.admit(&facts("a", "fx", None)).await else {
         panic!("second call must be rate limited");
@@ -367,8 +373,8 @@ async fn rate_limits_follow_config_reloads() {
     assert_eq!(refusal.limit, "one-per-minute");
     assert!(refusal.retry_after > Duration::from_secs(50));
     // The same limits again keep the buckets; no limits lift them.
-    control.configure(std::slice::from_ref(&limit));
+    control.configure(&rates);
     assert!(control.admit(&facts("a", "fx", None)).await.is_err());
-    control.configure(&[]);
+    control.configure(&RateConfig::default());
     assert!(control.admit(&facts("a", "fx", None)).await.is_ok());
 }

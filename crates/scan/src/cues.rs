@@ -15,7 +15,7 @@
 
 use regex::bytes::Regex;
 
-use crate::prefilter::{self, Hit, Lexicon, Owner};
+use crate::prefilter::{self, Hit, Lexicon, Owner, View};
 use crate::{Category, Finding, ScanError, Severity, bytes_regex, char_span};
 
 /// Bytes searched before and after an anchor.
@@ -147,25 +147,24 @@ impl CueSet {
     }
 
     /// Normalize `text` and find this set's anchors with its own lexicon.
-    fn prepare(&self, text: &str) -> (Vec<u8>, Vec<Hit>) {
-        let mut lower = Vec::new();
-        prefilter::normalize_into(text, &mut lower);
+    fn prepare(&self, text: &str) -> (View, Vec<Hit>) {
+        let view = View::of(text);
         let mut hits = Vec::new();
         self.lexicon
-            .find(text.as_bytes(), &lower, |_| true, &mut hits);
-        (lower, hits)
+            .find(text.as_bytes(), &view, |_| true, &mut hits);
+        (view, hits)
     }
 
     /// The total weight of the distinct cues present in `text` (every cue evaluated).
     pub fn score(&self, text: &str) -> u32 {
-        let (lower, hits) = self.prepare(text);
-        self.evaluate(text, &lower, &hits, 0, false).score
+        let (view, hits) = self.prepare(text);
+        self.evaluate(text, view.lower(), &hits, 0, false).score
     }
 
     /// Findings for `text`: one per cue present, but only when the score reaches the threshold.
     pub fn scan(&self, text: &str) -> Vec<Finding> {
-        let (lower, hits) = self.prepare(text);
-        self.scan_prepared(text, &lower, &hits)
+        let (view, hits) = self.prepare(text);
+        self.scan_prepared(text, view.lower(), &hits)
     }
 
     /// As [`CueSet::scan`], with the normalized view and anchor hits already computed (hits of
@@ -222,11 +221,12 @@ impl CueSet {
             }
         }
         let is_present = |i: usize| present & (1 << i) != 0;
-        let mut remaining: u32 = self.unanchored_weight
-            + (0..self.each.len())
-                .filter(|&i| is_present(i))
-                .map(|i| self.each[i].weight)
-                .sum::<u32>();
+        let mut remaining = self.unanchored_weight;
+        let mut rest = present;
+        while rest != 0 {
+            remaining += self.each[rest.trailing_zeros() as usize].weight;
+            rest &= rest - 1;
+        }
         if lazy && extra + remaining < self.threshold {
             return Outcome {
                 score: 0,

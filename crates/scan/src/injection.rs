@@ -8,7 +8,7 @@
 
 use crate::cues::{Cue, CueSet, cue, embedded_cue};
 use crate::hijack;
-use crate::prefilter::{self, Hit, Lexicon, Owner};
+use crate::prefilter::{Hit, Lexicon, Owner, View};
 use crate::{Category, Finding, ScanError, Severity};
 
 /// Item id of the hijack check's anchors in the shared lexicon (past the cue indices).
@@ -360,12 +360,12 @@ impl InjectionDetector {
 
     /// Findings for one text (empty when below the threshold).
     pub fn scan(&self, text: &str) -> Vec<Finding> {
-        let mut lower = Vec::new();
-        prefilter::normalize_into(text, &mut lower);
+        let view = View::of(text);
+        let lower = view.lower();
         let mut hits = Vec::new();
         self.lexicon
-            .find(text.as_bytes(), &lower, |_| true, &mut hits);
-        self.scan_prepared(text, &lower, &hits)
+            .find(text.as_bytes(), &view, |_| true, &mut hits);
+        self.scan_prepared(text, lower, &hits)
     }
 
     /// As [`InjectionDetector::scan`], on a normalized view and anchor hits computed by the
@@ -399,13 +399,13 @@ impl InjectionDetector {
 
     /// The raw cue score, for threshold sweeps.
     pub fn score(&self, text: &str) -> u32 {
-        let mut lower = Vec::new();
-        prefilter::normalize_into(text, &mut lower);
+        let view = View::of(text);
+        let lower = view.lower();
         let mut hits = Vec::new();
         self.lexicon
-            .find(text.as_bytes(), &lower, |_| true, &mut hits);
+            .find(text.as_bytes(), &view, |_| true, &mut hits);
         let hijack_starts = hits.iter().filter(|h| h.item == HIJACK_ITEM).map(|h| h.pos);
-        let extra = hijack::out_of_place_request(&lower, hijack_starts).map_or(0, |r| r.2);
+        let extra = hijack::out_of_place_request(lower, hijack_starts).map_or(0, |r| r.2);
         self.cues.score(text) + extra
     }
 }

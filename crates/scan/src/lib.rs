@@ -29,6 +29,7 @@ pub mod poisoning;
 pub mod secrets;
 pub mod unicode;
 
+mod bytemask;
 mod cues;
 mod hijack;
 mod prefilter;
@@ -199,7 +200,7 @@ pub struct Scanner {
 /// A text prepared once for several detectors: its normalized view and anchor hits.
 #[derive(Default)]
 struct Prepared {
-    lower: Vec<u8>,
+    view: prefilter::View,
     hits: Vec<prefilter::Hit>,
 }
 
@@ -215,17 +216,17 @@ thread_local! {
 /// if they are already in use further up the stack).
 fn with_prepared<R>(text: &str, lexicon: &prefilter::Lexicon, f: impl FnOnce(&Prepared) -> R) -> R {
     let fill = |p: &mut Prepared| {
-        prefilter::normalize_into(text, &mut p.lower);
+        p.view.fill(text);
         p.hits.clear();
-        lexicon.find(text.as_bytes(), &p.lower, |_| true, &mut p.hits);
+        lexicon.find(text.as_bytes(), &p.view, |_| true, &mut p.hits);
     };
     PREPARED.with(|cell| match cell.try_borrow_mut() {
         Ok(mut p) => {
             fill(&mut p);
             let out = f(&p);
             // Keep no more than 1 MiB per thread after an unusually large text.
-            if p.lower.capacity() > RETAINED_BUFFER {
-                p.lower = Vec::new();
+            if p.view.capacity() > RETAINED_BUFFER {
+                p.view = prefilter::View::default();
                 p.hits = Vec::new();
             }
             out
@@ -262,7 +263,7 @@ impl Scanner {
     /// description, a title), including deceptive unicode and encoded payloads.
     pub fn poisoning(&self, text: &str) -> Vec<Finding> {
         let mut out = with_prepared(text, &self.metadata, |p| {
-            self.poisoning.scan_prepared(text, &p.lower, &p.hits)
+            self.poisoning.scan_prepared(text, p.view.lower(), &p.hits)
         });
         unicode::scan_invisible(text, &mut out);
         unicode::scan_homoglyphs(text, &mut out);
@@ -282,8 +283,10 @@ impl Scanner {
     }
 
     fn injection_prepared(&self, text: &str, p: &Prepared) -> Vec<Finding> {
-        let mut out = self.injection.scan_prepared(text, &p.lower, &p.hits);
-        unicode::scan_invisible(text, &mut out);
+        let mut out = self.injection.scan_prepared(text, p.view.lower(), &p.hits);
+        if !p.view.is_ascii() {
+            unicode::scan_invisible(text, &mut out);
+        }
         decode::scan_encoded(text, &mut out, |decoded| {
             !self.injection.scan(decoded).is_empty()
         });
@@ -315,20 +318,31 @@ impl Scanner {
             Surface::ToolMetadata => return self.poisoning(text),
             Surface::ToolResult => with_prepared(text, &self.results, |p| {
                 let mut out = self.injection_prepared(text, p);
-                out.extend(self.pii.scan_prepared(text, &p.hits));
-                out.extend(self.secrets.scan_prepared(text, &p.hits));
+                append(&mut out, self.pii.scan_prepared(text, &p.hits));
+                append(&mut out, self.secrets.scan_prepared(text, &p.hits));
                 out
             }),
             Surface::Argument => with_prepared(text, &self.arguments, |p| {
                 let mut out = Vec::new();
-                unicode::scan_invisible(text, &mut out);
-                out.extend(self.pii.scan_prepared(text, &p.hits));
-                out.extend(self.secrets.scan_prepared(text, &p.hits));
+                if !p.view.is_ascii() {
+                    unicode::scan_invisible(text, &mut out);
+                }
+                append(&mut out, self.pii.scan_prepared(text, &p.hits));
+                append(&mut out, self.secrets.scan_prepared(text, &p.hits));
                 out
             }),
         };
         sort(&mut out);
         out
+    }
+}
+
+/// Move `more` to the end of `out`, taking its allocation when `out` is empty.
+fn append(out: &mut Vec<Finding>, mut more: Vec<Finding>) {
+    if out.is_empty() {
+        *out = more;
+    } else {
+        out.append(&mut more);
     }
 }
 

@@ -17,7 +17,7 @@ mod stretches;
 
 use regex::bytes::Regex;
 
-use crate::prefilter::{self, Hit, Lexicon, Owner};
+use crate::prefilter::{self, Hit, Lexicon, Owner, View};
 
 use crate::{Category, Finding, ScanError, Severity, bytes_regex, char_span};
 
@@ -64,19 +64,20 @@ impl PiiDetector {
 
     /// Every PII finding in `text`.
     pub fn scan(&self, text: &str) -> Vec<Finding> {
-        let mut lower = Vec::new();
-        prefilter::normalize_into(text, &mut lower);
+        let view = View::of(text);
         let mut hits = Vec::new();
         self.lexicon
-            .find(text.as_bytes(), &lower, |_| true, &mut hits);
+            .find(text.as_bytes(), &view, |_| true, &mut hits);
         self.scan_prepared(text, &hits)
     }
 
-    /// Keywords of the date-of-birth and passport patterns, for the shared prefilter.
+    /// Keywords of the date-of-birth and passport patterns and the `@` of emails, for the
+    /// shared prefilter.
     pub(crate) fn anchors() -> impl Iterator<Item = (Owner, u16, &'static [&'static str])> {
         [
             (Owner::Pii, DOB_ITEM, DOB_KEYWORDS),
             (Owner::Pii, PASSPORT_ITEM, &["passport"][..]),
+            (Owner::Pii, EMAIL_ITEM, &["@"][..]),
         ]
         .into_iter()
     }
@@ -87,7 +88,11 @@ impl PiiDetector {
         let mut out = Vec::new();
         // Emails: the pattern around each `@` (a local part is at most 64 bytes).
         let mut done_to = 0;
-        for at in memchr::memchr_iter(b'@', bytes) {
+        let ats = hits
+            .iter()
+            .filter(|h| h.owner == Owner::Pii && h.item == EMAIL_ITEM)
+            .map(|h| h.pos);
+        for at in ats {
             if at < done_to {
                 continue;
             }
@@ -245,16 +250,14 @@ impl PiiDetector {
                 break;
             }
         }
-        let n = run.iter().filter(|b| b.is_ascii_digit()).count();
+        // One pass for the digits, their groups and what separates them.
+        let stats = RunStats::of(run);
+        let n = stats.digit_count;
         let ipv4 = is_ipv4(run);
         if n < 7 && !ipv4 {
             return;
         }
-        let groups = run
-            .split(|b| !b.is_ascii_digit())
-            .filter(|g| !g.is_empty())
-            .count();
-        let seps = || run.iter().copied().filter(|b| !b.is_ascii_digit());
+        let groups = stats.groups;
         let plus = run.first() == Some(&b'+');
 
         if ipv4 {
@@ -281,15 +284,8 @@ impl PiiDetector {
             );
             return;
         }
-        let uniform_seps = seps().all(|c| c == b' ') || seps().all(|c| c == b'-');
-        let mut digits = [0u8; 19];
-        for (slot, d) in digits
-            .iter_mut()
-            .zip(run.iter().filter(|b| b.is_ascii_digit()))
-        {
-            *slot = *d;
-        }
-        let digits = &digits[..n.min(19)];
+        let uniform_seps = stats.seps_all_space || stats.seps_all_dash;
+        let digits = &stats.digits[..n.min(19)];
         if !plus && (12..=19).contains(&n) && uniform_seps && card_prefix(digits) && luhn(digits) {
             push(
                 out,
@@ -311,19 +307,14 @@ impl PiiDetector {
             let from = char_span(text, from, from).0;
             self.phone_keyword.is_match(&bytes[from..start])
         };
-        let structured = groups >= 2
-            && !seps().any(|c| c == b'.')
-            && n <= 15
-            && (groups != 2 || run.contains(&b'('));
-        let dotted = groups >= 3 && seps().all(|c| c == b'.') && n <= 12;
+        let structured =
+            groups >= 2 && !stats.any_dot && n <= 15 && (groups != 2 || run.contains(&b'('));
+        let dotted = groups >= 3 && stats.seps_all_dot && n <= 12;
         let phone = (7..=15).contains(&n)
             && (plus
                 || structured
                 || dotted
-                || (groups == 2
-                    && n >= 7
-                    && seps().all(|c| c == b' ' || c == b'-')
-                    && run.len() <= 9)
+                || (groups == 2 && n >= 7 && stats.seps_all_space_or_dash && run.len() <= 9)
                 || keyword());
         if phone {
             push(
@@ -339,6 +330,55 @@ impl PiiDetector {
     }
 }
 
+/// What `classify_numeric` asks of a run; "separators" are its non-digit bytes (a statement
+/// about all of them holds when there are none).
+struct RunStats {
+    digit_count: usize,
+    /// The first 19 digits.
+    digits: [u8; 19],
+    /// Maximal runs of digits.
+    groups: usize,
+    any_dot: bool,
+    seps_all_space: bool,
+    seps_all_dash: bool,
+    seps_all_dot: bool,
+    seps_all_space_or_dash: bool,
+}
+
+impl RunStats {
+    fn of(run: &[u8]) -> Self {
+        let mut st = RunStats {
+            digit_count: 0,
+            digits: [0; 19],
+            groups: 0,
+            any_dot: false,
+            seps_all_space: true,
+            seps_all_dash: true,
+            seps_all_dot: true,
+            seps_all_space_or_dash: true,
+        };
+        let mut in_group = false;
+        for &b in run {
+            if b.is_ascii_digit() {
+                if let Some(slot) = st.digits.get_mut(st.digit_count) {
+                    *slot = b;
+                }
+                st.digit_count += 1;
+                st.groups += usize::from(!in_group);
+                in_group = true;
+            } else {
+                in_group = false;
+                st.any_dot |= b == b'.';
+                st.seps_all_space &= b == b' ';
+                st.seps_all_dash &= b == b'-';
+                st.seps_all_dot &= b == b'.';
+                st.seps_all_space_or_dash &= b == b' ' || b == b'-';
+            }
+        }
+        st
+    }
+}
+
 /// Anchors of the date-of-birth pattern (see `prefilter.rs`): `born`, `birth…`, `dob`. The
 /// dotted `d.o.b.` has no word of two letters to anchor on and is not looked for.
 const DOB_KEYWORDS: &[&str] = &["born", "birth", "dob"];
@@ -346,6 +386,8 @@ const DOB_KEYWORDS: &[&str] = &["born", "birth", "dob"];
 /// Item ids of the keyword patterns in the shared prefilter.
 const DOB_ITEM: u16 = 0;
 const PASSPORT_ITEM: u16 = 1;
+/// Every `@` (the shared prefilter finds it anyway, for the URL credentials rule).
+const EMAIL_ITEM: u16 = 2;
 
 /// Windows that may hold an IPv6 address: around a `::`, or a chain of at least seven
 /// colons joining groups of one to four hex digits.
@@ -641,6 +683,43 @@ mod tests {
             .into_iter()
             .map(|f| (f.category, text[f.start..f.end].to_string()))
             .collect()
+    }
+
+    #[test]
+    fn run_stats_match_their_definitions() {
+        let alphabet = b"0123456789 .-()+xet";
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        for round in 0..5000 {
+            let run: Vec<u8> = (0..round % 30)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    alphabet[(state % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            let st = RunStats::of(&run);
+            let seps = || run.iter().copied().filter(|b| !b.is_ascii_digit());
+            let digits: Vec<u8> = run.iter().copied().filter(u8::is_ascii_digit).collect();
+            assert_eq!(st.digit_count, digits.len());
+            assert_eq!(
+                &st.digits[..digits.len().min(19)],
+                &digits[..digits.len().min(19)]
+            );
+            let groups = run
+                .split(|b| !b.is_ascii_digit())
+                .filter(|g| !g.is_empty())
+                .count();
+            assert_eq!(st.groups, groups);
+            assert_eq!(st.any_dot, seps().any(|c| c == b'.'));
+            assert_eq!(st.seps_all_space, seps().all(|c| c == b' '));
+            assert_eq!(st.seps_all_dash, seps().all(|c| c == b'-'));
+            assert_eq!(st.seps_all_dot, seps().all(|c| c == b'.'));
+            assert_eq!(
+                st.seps_all_space_or_dash,
+                seps().all(|c| c == b' ' || c == b'-')
+            );
+        }
     }
 
     #[test]

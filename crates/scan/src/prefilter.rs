@@ -23,6 +23,9 @@
 //! SIMD finders instead. A key is a superset of its literal; the window's pattern decides.
 
 use crate::ScanError;
+use wide::u8x16;
+
+use crate::bytemask::{Block, eq, range};
 
 /// Which detector an anchor belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +140,7 @@ pub(crate) struct Lexicon {
     first_three: Vec<u64>,
     /// Bloom filter over the *shapes* a word can match a key by (see [`shape_bits`]): a word
     /// failing it cannot hit any key, which the word pass tests for every word without a branch.
-    shapes: Box<[u64; SHAPE_BITS / 64]>,
+    shapes: Box<[u8; SHAPES]>,
     /// Whether some key starts with a digit; if none does, words starting with one (numbers,
     /// a large share of the words of tool results) are not looked up.
     digit_keys: bool,
@@ -225,7 +228,7 @@ impl Lexicon {
             table[slot] = (k, u32::try_from(i).map_err(|_| ScanError::Gate)?);
         }
         let mut first_three = vec![0u64; BLOOM_BITS / 64];
-        let mut shapes = Box::new([0u64; SHAPE_BITS / 64]);
+        let mut shapes = Box::new([0u8; SHAPES]);
         let digit_keys = keys.iter().any(|k| ((k & 0xFF) as u8).is_ascii_digit());
         for &k in &keys {
             let b = bloom_bit((k & 0xFF_FFFF) as u32);
@@ -238,7 +241,7 @@ impl Lexicon {
                 // Long-token prefixes of three or four bytes: by their first three.
                 _ => shape_long(bytes),
             };
-            shapes[shape >> 6] |= 1 << (shape & 63);
+            shapes[shape] = 1;
         }
         let base = key_targets.len();
         let symbols = symbols
@@ -282,13 +285,9 @@ impl Lexicon {
 
     /// Every anchor occurrence in `lower` (the normalized view), in text order, for the owners
     /// `want` selects.
-    pub fn find(
-        &self,
-        text: &[u8],
-        lower: &[u8],
-        want: impl Fn(Owner) -> bool,
-        out: &mut Vec<Hit>,
-    ) {
+    pub fn find(&self, text: &[u8], view: &View, want: impl Fn(Owner) -> bool, out: &mut Vec<Hit>) {
+        let lower = view.lower();
+        let padded = view.padded();
         let first = out.len();
         let targets = &self.targets;
         // `part`: the hit is a part of an identifier, which only secret rules look for
@@ -308,25 +307,22 @@ impl Lexicon {
         let mut pos = 0; // bytes before `pos` belong to words already handled
         let mut base = 0;
         let mut symbol_hits = false;
-        let mut tail_lower = [0u8; 64];
         let mut tail_text = [0u8; 64];
         while base < n {
-            let (lo, up): (&[u8; 64], &[u8; 64]) =
-                match (lower.get(base..base + 64), text.get(base..base + 64)) {
-                    (Some(l), Some(t)) => match (l.try_into(), t.try_into()) {
-                        (Ok(l), Ok(t)) => (l, t),
-                        _ => break,
-                    },
-                    _ => {
-                        // The last chunk, zero-padded: a zero byte is in no class.
-                        let tail = &lower[base..];
-                        tail_lower[..tail.len()].copy_from_slice(tail);
-                        let otail = text.get(base..).unwrap_or(tail);
-                        let k = otail.len().min(64);
-                        tail_text[..k].copy_from_slice(&otail[..k]);
-                        (&tail_lower, &tail_text)
-                    }
-                };
+            // The view is padded; the last chunk of the original text is copied (zero-padded:
+            // a zero byte is in no class).
+            let Some(Ok(lo)) = padded.get(base..base + 64).map(<&[u8; 64]>::try_from) else {
+                break;
+            };
+            let up: &[u8; 64] = match text.get(base..base + 64).map(<&[u8; 64]>::try_from) {
+                Some(Ok(t)) => t,
+                _ => {
+                    let tail = text.get(base..).unwrap_or(&[]);
+                    let k = tail.len().min(64);
+                    tail_text[..k].copy_from_slice(&tail[..k]);
+                    &tail_text
+                }
+            };
             let c = classes(lo, up, &self.symbol_firsts);
             let mut m = c.word;
             if pos > base {
@@ -339,12 +335,12 @@ impl Lexicon {
             } else {
                 0
             };
-            let lookups = if self.digit_keys {
-                starts
-            } else {
-                starts & !c.digit
-            };
-            let mut cand = edge | self.shape_pass(lo, m, lookups & (m >> 1) & !edge);
+            // Words of two or more bytes, not starting with a digit unless a key does.
+            let mut words = starts & (m >> 1) & !edge;
+            if !self.digit_keys {
+                words &= !c.digit;
+            }
+            let mut cand = edge | self.shape_pass(padded, base, m, words);
             cand |= with_parts(m, starts, c.under, c.upper) & !edge;
             // Phase 2: the full lookup of each candidate word.
             while cand != 0 {
@@ -383,8 +379,10 @@ impl Lexicon {
             while sym != 0 {
                 let p = base + sym.trailing_zeros() as usize;
                 sym &= sym - 1;
+                let first = lower[p];
                 for (symbol, t) in &self.symbols {
-                    if lower[p..].starts_with(symbol) {
+                    // The first byte decides most (and needs no call to `memcmp`).
+                    if symbol.first() == Some(&first) && lower[p..].starts_with(symbol) {
                         push(p, *t, false, out);
                         symbol_hits = true;
                     }
@@ -397,35 +395,39 @@ impl Lexicon {
         }
     }
 
-    /// Phase 1 of the word pass: the words starting at the bits of `words` (each of two or more
-    /// bytes, ending inside the 64-byte chunk `lo` whose word mask is `m`) that may hit a key.
+    /// Phase 1 of the word pass: of the words starting at the bits of `words` (each of two or
+    /// more bytes, ending inside the chunk at `base` of the padded view, whose word mask is
+    /// `m`), those that may hit a key, as bits of their first byte. Words are grouped by the
+    /// shape they are tested for (their length up to five, and eight or more for long-token
+    /// prefixes) with a few mask operations, so that each group's loop has no length to find
+    /// and no data-dependent branch.
     #[inline(always)]
-    fn shape_pass(&self, lo: &[u8; 64], m: u64, mut words: u64) -> u64 {
-        let mut padded = [0u8; 72];
-        padded[..64].copy_from_slice(lo);
-        let mut pass = 0u64;
-        while words != 0 {
-            let j = words.trailing_zeros() as usize;
-            words &= words - 1;
-            let len = (!(m >> j)).trailing_zeros() as usize;
-            let at = j & 63;
-            let first8 = u64::from_le_bytes([
-                padded[at],
-                padded[at + 1],
-                padded[at + 2],
-                padded[at + 3],
-                padded[at + 4],
-                padded[at + 5],
-                padded[at + 6],
-                padded[at + 7],
-            ]);
-            let short = shape_exact(first8, len.min(PREFIX));
-            let long = shape_long(first8);
-            let hit = (self.shapes[short >> 6] >> (short & 63))
-                | ((self.shapes[long >> 6] >> (long & 63)) & u64::from(len >= LONG_TOKEN4));
-            pass |= (hit & 1) << j;
-        }
-        pass
+    fn shape_pass(&self, padded: &[u8], base: usize, m: u64, words: u64) -> u64 {
+        let ge3 = words & (m >> 2);
+        let ge4 = ge3 & (m >> 3);
+        let ge5 = ge4 & (m >> 4);
+        let ge8 = ge5 & (m >> 5) & (m >> 6) & (m >> 7);
+        let first8 = |j: usize| {
+            // In bounds: the padding covers a chunk and eight bytes more.
+            padded
+                .get(base + j..base + j + 8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        let group = |mut bits: u64, shape: &dyn Fn(u64) -> usize| {
+            let mut pass = 0u64;
+            while bits != 0 {
+                let j = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                pass |= u64::from(self.shapes[shape(first8(j))]) << j;
+            }
+            pass
+        };
+        group(words & !ge3, &|w| shape_exact(w, 2))
+            | group(ge3 & !ge4, &|w| shape_exact(w, 3))
+            | group(ge4 & !ge5, &|w| shape_exact(w, 4))
+            | group(ge5, &|w| shape_exact(w, PREFIX))
+            | group(ge8, &shape_long)
     }
 
     /// Look up the word `lower[s..s + len]`: its exact and prefix keys, a long token's short
@@ -498,20 +500,23 @@ impl Lexicon {
 /// Bits of the first-bytes Bloom filter.
 const BLOOM_BITS: usize = 8192;
 
-/// Bits of the word-shape Bloom filter (4 KiB).
-const SHAPE_BITS: usize = 32768;
+/// Entries of the word-shape Bloom filter, one byte each (a byte load needs no shift).
+const SHAPES: usize = 16384;
 
 #[inline(always)]
 fn shape_hash(key: u64) -> usize {
-    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHAPE_BITS.trailing_zeros())) as usize
+    (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SHAPES.trailing_zeros())) as usize
 }
+
+/// The low `n` bytes of a `u64`, for `n` in `0..=5`.
+const LOW_BYTES: [u64; 6] = [0, 0xFF, 0xFFFF, 0xFF_FFFF, 0xFFFF_FFFF, 0xFF_FFFF_FFFF];
 
 /// The shape of a word whose first `n` (≤ 5) bytes are `bytes`: how an exact key (words of up
 /// to four bytes) or a five-byte prefix key (longer words; exact keys of five to seven bytes
 /// also start so) is found.
 #[inline(always)]
 fn shape_exact(bytes: u64, n: usize) -> usize {
-    shape_hash((bytes & ((1u64 << (8 * n)) - 1)) | ((n as u64) << 48))
+    shape_hash((bytes & LOW_BYTES[n.min(PREFIX)]) | ((n as u64) << 48))
 }
 
 /// The shape of a long token's three- or four-byte prefix key: its first three bytes (a word
@@ -557,54 +562,27 @@ impl SymbolFirsts {
     }
 }
 
-/// The 64 flags (`0x80` or 0) of `flags` as bits.
-#[inline(always)]
-fn pack(flags: &[u8; 64]) -> u64 {
-    let mut m = 0u64;
-    for (k, c) in flags.chunks_exact(8).enumerate() {
-        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        m |= (((v >> 7) & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080) >> 56)
-            << (8 * k);
-    }
-    m
-}
-
 /// The class masks of one chunk: `lo` of the normalized view, `up` of the original text.
-/// Written as one flag byte per input byte, so the loops vectorize.
 #[inline(always)]
 fn classes(lo: &[u8; 64], up: &[u8; 64], firsts: &SymbolFirsts) -> Classes {
-    let mut word = [0u8; 64];
-    let mut digit = [0u8; 64];
-    let mut under = [0u8; 64];
-    let mut upper = [0u8; 64];
-    for i in 0..64 {
-        let b = lo[i];
-        word[i] = 0x80 * u8::from(is_word(b));
-        digit[i] = 0x80 * u8::from(b.wrapping_sub(b'0') < 10);
-        under[i] = 0x80 * u8::from(b == b'_');
-        upper[i] = 0x80 * u8::from(up[i].wrapping_sub(b'A') < 26);
-    }
-    let mut symbol = [0u8; 64];
-    match firsts {
-        SymbolFirsts::Few(f) => {
-            for &s in f {
-                for i in 0..64 {
-                    symbol[i] |= 0x80 * u8::from(lo[i] == s);
-                }
-            }
-        }
-        SymbolFirsts::Many(t) => {
-            for i in 0..64 {
-                symbol[i] = 0x80 * u8::from(t[usize::from(lo[i])]);
-            }
-        }
-    }
+    let l = Block::new(lo);
+    let under = l.mask(|v| eq(v, b'_'));
+    let word = l.mask(|v| range(v, b'a', 26) | range(v, b'0', 10) | eq(v, b'_') | v);
+    let upper = Block::new(up).mask(|v| range(v, b'A', 26));
+    let digit = l.mask(|v| range(v, b'0', 10));
+    let symbol = match firsts {
+        SymbolFirsts::Few(f) => f.iter().fold(0, |m, &c| m | l.mask(|v| eq(v, c))),
+        SymbolFirsts::Many(t) => lo
+            .iter()
+            .enumerate()
+            .fold(0, |m, (i, &b)| m | (u64::from(t[usize::from(b)]) << i)),
+    };
     Classes {
-        word: pack(&word),
-        digit: pack(&digit),
-        under: pack(&under),
-        upper: pack(&upper),
-        symbol: pack(&symbol),
+        word,
+        under,
+        upper,
+        symbol,
+        digit,
     }
 }
 
@@ -646,23 +624,93 @@ fn slot_of(key: u64, shift: u32) -> usize {
     (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize
 }
 
+/// Zero bytes after a [`View`] in its buffer: a whole chunk past the last one holding text,
+/// and eight bytes more for a word's first bytes.
+const PADDING: usize = 64 + 8;
+
+/// The normalized view of a text ([`normalize_into`]), kept in a buffer with [`PADDING`] zero
+/// bytes after it, so that the word pass reads whole 64-byte chunks without copying the last.
+#[derive(Default)]
+pub(crate) struct View {
+    buf: Vec<u8>,
+    len: usize,
+    /// Whether the text is all ASCII (then it holds no invisible or homoglyph characters).
+    ascii: bool,
+}
+
+impl View {
+    /// A view of `text`.
+    pub fn of(text: &str) -> Self {
+        let mut v = View::default();
+        v.fill(text);
+        v
+    }
+
+    /// Make this the view of `text`, reusing the buffer.
+    pub fn fill(&mut self, text: &str) {
+        self.ascii = normalize_into(text, &mut self.buf);
+        self.len = self.buf.len();
+        self.buf.resize(self.len + PADDING, 0);
+    }
+
+    /// Whether the text is all ASCII.
+    pub fn is_ascii(&self) -> bool {
+        self.ascii
+    }
+
+    /// The normalized text (same length and offsets as the text).
+    pub fn lower(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// The normalized text and the zero padding after it.
+    fn padded(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Bytes held by the buffer.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
 /// Write the normalized view of `text` into `buf` (cleared first): same length, ASCII
-/// lowercased, escaped `\n`, `\r`, `\t` (backslash + letter) turned into two spaces.
-pub(crate) fn normalize_into(text: &str, buf: &mut Vec<u8>) {
+/// lowercased, escaped `\n`, `\r`, `\t` (backslash + letter) turned into two spaces. Returns
+/// whether the text is all ASCII.
+pub(crate) fn normalize_into(text: &str, buf: &mut Vec<u8>) -> bool {
     buf.clear();
     buf.extend_from_slice(text.as_bytes());
-    buf.make_ascii_lowercase();
-    let mut from = 0;
-    while let Some(i) = memchr::memchr(b'\\', &buf[from..]) {
-        let i = from + i;
-        if i + 1 < buf.len() && matches!(buf[i + 1], b'n' | b'r' | b't') {
-            buf[i] = b' ';
-            buf[i + 1] = b' ';
-            from = i + 2;
-        } else {
-            from = i + 1;
+    // One pass, 16 bytes at a time: lowercase, and note non-ASCII bytes and backslashes.
+    let (mut non_ascii, mut backslash) = (false, false);
+    let mut blocks = buf.chunks_exact_mut(16);
+    for block in &mut blocks {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(block);
+        let v = u8x16::new(a);
+        non_ascii |= v.move_mask() != 0;
+        backslash |= eq(v, b'\\').any();
+        let lower = v | (range(v, b'A', 26) & u8x16::splat(0x20));
+        block.copy_from_slice(&lower.to_array());
+    }
+    for b in blocks.into_remainder() {
+        non_ascii |= *b >= 0x80;
+        backslash |= *b == b'\\';
+        b.make_ascii_lowercase();
+    }
+    if backslash {
+        let mut from = 0;
+        while let Some(i) = memchr::memchr(b'\\', &buf[from..]) {
+            let i = from + i;
+            if i + 1 < buf.len() && matches!(buf[i + 1], b'n' | b'r' | b't') {
+                buf[i] = b' ';
+                buf[i + 1] = b' ';
+                from = i + 2;
+            } else {
+                from = i + 1;
+            }
         }
     }
+    !non_ascii
 }
 
 /// A window of `text` around an anchor at `pos`: `before` bytes back and `after` bytes on,
@@ -686,6 +734,49 @@ mod tests {
     }
 
     #[test]
+    fn normalized_view_matches_its_definition() {
+        let pieces = [
+            "AbC",
+            "\\n",
+            "\\",
+            "N",
+            "t",
+            " ",
+            "é",
+            "Ž",
+            "x\\T",
+            "QRSTUVWXYZ@[`{",
+        ];
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        for round in 0..2000 {
+            let mut text = String::new();
+            for _ in 0..round % 40 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push_str(pieces[(state % pieces.len() as u64) as usize]);
+            }
+            // One byte at a time: lowercase, then each backslash before n/r/t (and that
+            // letter) becomes a space, left to right.
+            let mut want = text.as_bytes().to_ascii_lowercase();
+            let mut i = 0;
+            while i + 1 < want.len() {
+                if want[i] == b'\\' && matches!(want[i + 1], b'n' | b'r' | b't') {
+                    want[i] = b' ';
+                    want[i + 1] = b' ';
+                    i += 2;
+                } else {
+                    i += 1;
+                }
+            }
+            let view = View::of(&text);
+            assert_eq!(view.lower(), &want[..], "{text:?}");
+            assert_eq!(view.is_ascii(), text.is_ascii(), "{text:?}");
+            assert!(view.padded()[want.len()..].iter().all(|&b| b == 0));
+        }
+    }
+
+    #[test]
     fn anchors_map_to_items() {
         let lex = Lexicon::new([
             (Owner::Injection, 0, &["ignore", "disregard"][..]),
@@ -694,30 +785,23 @@ mod tests {
         .unwrap();
         assert_eq!(lex.len(), 2);
         let mut hits = Vec::new();
-        lex.find(
-            b"please ignore it",
-            b"please ignore it",
-            |_| true,
-            &mut hits,
-        );
+        let text = "please ignore it";
+        lex.find(text.as_bytes(), &View::of(text), |_| true, &mut hits);
         assert_eq!(hits.len(), 2);
         assert!(hits.iter().all(|h| h.pos == 7));
         // A key is a word prefix (or a whole short word), symbols are bytes.
         let words =
             Lexicon::new([(Owner::Pii, 1, &["~/.ssh", "ignore", "://", "hi "][..])]).unwrap();
         let mut found = Vec::new();
-        words.find(
-            b"hi, ignored ssh://x this ~/.ssh",
-            b"hi, ignored ssh://x this ~/.ssh",
-            |_| true,
-            &mut found,
-        );
+        let text = "hi, ignored ssh://x this ~/.ssh";
+        words.find(text.as_bytes(), &View::of(text), |_| true, &mut found);
         let pos: Vec<usize> = found.iter().map(|h| h.pos).collect();
         assert_eq!(pos, vec![0, 4, 12, 15, 28]);
         hits.clear();
+        let text = "please ignore it";
         lex.find(
-            b"please ignore it",
-            b"please ignore it",
+            text.as_bytes(),
+            &View::of(text),
             |o| o == Owner::Secret,
             &mut hits,
         );
@@ -768,10 +852,9 @@ mod tests {
             (Owner::Secret, 1, &["akia*"][..]),
         ])
         .unwrap();
-        let text = b"DB_PASSWORD=x dbPassword=y AKIAZ3MN7QW2ERTY5UIO akia";
-        let lower = text.to_ascii_lowercase();
+        let text = "DB_PASSWORD=x dbPassword=y AKIAZ3MN7QW2ERTY5UIO akia";
         let mut hits = Vec::new();
-        lex.find(text, &lower, |_| true, &mut hits);
+        lex.find(text.as_bytes(), &View::of(text), |_| true, &mut hits);
         let got: Vec<(usize, u16)> = hits.iter().map(|h| (h.pos, h.item)).collect();
         assert_eq!(got, vec![(3, 0), (16, 0), (27, 1)]);
     }

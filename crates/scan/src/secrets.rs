@@ -9,7 +9,7 @@
 
 use regex::bytes::Regex;
 
-use crate::prefilter::{self, Hit, Lexicon, Owner};
+use crate::prefilter::{self, Hit, Lexicon, Owner, View};
 
 use crate::{Category, Finding, ScanError, Severity, bytes_regex, char_span};
 
@@ -295,9 +295,20 @@ const RULES: &[Rule] = &[
 #[derive(Debug)]
 pub struct SecretDetector {
     each: Vec<(&'static str, Regex, Severity, bool)>,
+    /// Per rule, bytes every match contains (see [`REQUIRED`]), as a prepared searcher.
+    required: Vec<Option<memchr::memmem::Finder<'static>>>,
     /// The rules' anchors, for scanning without the shared prefilter.
     lexicon: Lexicon,
 }
+
+/// Bytes that every match of a rule contains, exactly (these patterns match them
+/// case-sensitively or they hold no letters): a window without them is not searched. This
+/// matters for anchors that ordinary text has (`@` of an email, `user` of `user_agent`).
+const REQUIRED: &[(&str, &[u8])] = &[
+    ("secret.url-basic-auth", b"://"),
+    ("secret.db-url-password", b"://"),
+    ("secret.curl-user", b"-u"),
+];
 
 /// Bytes searched before an anchor (a match may start up to here: `https://user:pass@` before
 /// its `@`) and after it; a window is then widened to the end of the token it cuts.
@@ -311,8 +322,18 @@ impl SecretDetector {
         for r in RULES {
             each.push((r.id, bytes_regex(r.id, r.pattern)?, r.severity, r.entropy));
         }
+        let required = RULES
+            .iter()
+            .map(|r| {
+                REQUIRED
+                    .iter()
+                    .find(|(id, _)| *id == r.id)
+                    .map(|(_, b)| memchr::memmem::Finder::new(*b))
+            })
+            .collect();
         Ok(SecretDetector {
             each,
+            required,
             lexicon: Lexicon::new(Self::anchors())?,
         })
     }
@@ -330,11 +351,10 @@ impl SecretDetector {
 
     /// Every secret in `text`; the span is the secret value itself where the rule isolates it.
     pub fn scan(&self, text: &str) -> Vec<Finding> {
-        let mut lower = Vec::new();
-        prefilter::normalize_into(text, &mut lower);
+        let view = View::of(text);
         let mut hits = Vec::new();
         self.lexicon
-            .find(text.as_bytes(), &lower, |_| true, &mut hits);
+            .find(text.as_bytes(), &view, |_| true, &mut hits);
         self.scan_prepared(text, &hits)
     }
 
@@ -347,10 +367,19 @@ impl SecretDetector {
         for h in hits.iter().filter(|h| h.owner == Owner::Secret) {
             present |= 1u64.checked_shl(u32::from(h.item)).unwrap_or(0);
         }
-        for (i, rule) in self.each.iter().enumerate() {
-            if present & (1 << i) == 0 {
-                continue;
-            }
+        let mut rest = present;
+        while rest != 0 {
+            let i = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            let Some(rule) = self.each.get(i) else {
+                break;
+            };
+            let required = self.required.get(i).and_then(Option::as_ref);
+            let search = |s: usize, e: usize, out: &mut Vec<Finding>| {
+                if required.is_none_or(|lit| lit.find(&text.as_bytes()[s..e]).is_some()) {
+                    Self::scan_window(rule, text, s, e, out);
+                }
+            };
             let mut current: Option<(usize, usize)> = None;
             for h in hits
                 .iter()
@@ -360,14 +389,14 @@ impl SecretDetector {
                 current = match current {
                     Some((cs, ce)) if s <= ce => Some((cs, ce.max(e))),
                     Some((cs, ce)) => {
-                        Self::scan_window(rule, text, cs, ce, &mut out);
+                        search(cs, ce, &mut out);
                         Some((s, e))
                     }
                     None => Some((s, e)),
                 };
             }
             if let Some((cs, ce)) = current {
-                Self::scan_window(rule, text, cs, ce, &mut out);
+                search(cs, ce, &mut out);
             }
         }
         out
@@ -611,6 +640,27 @@ mod tests {
     #[test]
     fn rules_fit_the_presence_mask() {
         assert!(RULES.len() <= 64);
+    }
+
+    #[test]
+    fn required_literals_belong_to_rules_whose_matches_hold_them() {
+        for (id, lit) in REQUIRED {
+            let rule = RULES
+                .iter()
+                .find(|r| r.id == *id)
+                .expect("a rule of that id");
+            let re = bytes_regex(rule.id, rule.pattern).unwrap();
+            for sample in [
+                &b"see https://admin:Zx81kLq0Pw7R@example.com/x"[..],
+                b"DATABASE_URL=postgres://app:S3cr3tPw9@db.internal:5432/app",
+                b"curl -u admin:Qm7r2XwL9vKp4TzN https://api.example.com",
+                b"curl --user 'admin:Qm7r2XwL9vKp4TzN' https://api.example.com",
+            ] {
+                if let Some(m) = re.find(sample) {
+                    assert!(memchr::memmem::find(m.as_bytes(), lit).is_some(), "{id}");
+                }
+            }
+        }
     }
 
     #[test]

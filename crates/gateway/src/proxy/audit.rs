@@ -27,7 +27,8 @@
 //!
 //! Server→client requests (sampling, elicitation, roots) leave one record each, relayed
 //! ([`server_request_relayed`]) or refused ([`server_request_refused`]), with the scanners'
-//! findings on them.
+//! findings on them; a relayed one asked of a legacy client is followed by the record of the
+//! client's answer ([`QuestionRecord`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -37,7 +38,7 @@ use portcullis_audit::{AuditEvent, Finding, Outcome, RecordKind};
 use portcullis_core::envelope::{Envelope, Kind};
 use portcullis_core::names;
 use portcullis_core::rawobj::RawObject;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::errors::{
     APPROVAL_REQUIRED, AUDIT_UNAVAILABLE, Fault, ProxyError, UPSTREAM_UNAVAILABLE,
@@ -563,4 +564,83 @@ pub fn server_request_relayed(
     event.rule_id = rule;
     event.bytes_in = Some(message_bytes(request));
     trail.record_best_effort(event);
+}
+
+/// The client's answer to a relayed server→client request: the outcome record that follows
+/// [`server_request_relayed`]'s (same principal, session, server and method; `outcome` the
+/// client's result or error code, or [`NO_ANSWER`] when none came; latency; bytes out).
+pub struct QuestionRecord {
+    trail: AuditTrail,
+    event: AuditEvent,
+    started: Instant,
+}
+
+/// The outcome code of a relayed question the client never answered (it went away, or the
+/// call stopped waiting for it).
+pub const NO_ANSWER: i64 = super::errors::INVALID_REQUEST;
+
+impl QuestionRecord {
+    /// Starts the record of `request`, about to be asked of `principal`'s client.
+    pub fn new(
+        trail: &AuditTrail,
+        principal: &crate::auth::Principal,
+        session: Option<&str>,
+        server: &str,
+        request: &Envelope,
+    ) -> QuestionRecord {
+        let mut event = server_request_event(
+            RecordKind::Call,
+            principal,
+            session,
+            server,
+            request,
+            Vec::new(),
+        );
+        event.decision = Some("allow".to_owned());
+        QuestionRecord {
+            trail: trail.clone(),
+            event,
+            started: Instant::now(),
+        }
+    }
+
+    /// Passes the client's answer from `answer` on to the receiver returned, recording it on
+    /// the way. No answer (the session dropped the question, or the receiver returned is
+    /// dropped before one came) is recorded as [`NO_ANSWER`]. Best effort, like the record of
+    /// the question itself.
+    pub fn follow(self, answer: oneshot::Receiver<Envelope>) -> oneshot::Receiver<Envelope> {
+        if !self.trail.is_enabled() {
+            return answer;
+        }
+        let (relay, relayed) = oneshot::channel();
+        tokio::spawn(async move {
+            let mut relay = relay;
+            tokio::select! {
+                answer = answer => match answer {
+                    Ok(answer) => {
+                        self.record(Some(&answer));
+                        let _ = relay.send(answer);
+                    }
+                    Err(_) => self.record(None),
+                },
+                () = relay.closed() => self.record(None),
+            }
+        });
+        relayed
+    }
+
+    fn record(mut self, answer: Option<&Envelope>) {
+        let code = match answer {
+            Some(answer) => error_code(answer),
+            None => Some(NO_ANSWER),
+        };
+        self.event.outcome = Some(match code {
+            None => Outcome::Ok,
+            Some(code) => Outcome::Error { code },
+        });
+        self.event.latency_us = Some(elapsed_us(self.started));
+        self.event.bytes_out = answer.map(message_bytes);
+        self.event.time_us = now_us();
+        self.trail.record_best_effort(self.event);
+    }
 }

@@ -5,11 +5,13 @@
 //!
 //! - a kill switch → [`KILLED`]; calls in flight and open streams it matches end with the same
 //!   error ([`killed`], [`stream_killed`]); so do those of a task token revoked meanwhile
-//!   ([`OUT_OF_TASK_SCOPE`], [`revoked_error`]);
+//!   ([`OUT_OF_TASK_SCOPE`], [`revoked_error`]) or reaching its expiry ([`expired_error`], a
+//!   timer at the token's `expires_at`);
 //! - outside the task token's servers or tools → [`OUT_OF_TASK_SCOPE`]; past its `max_calls`
 //!   → [`TASK_CALLS_EXHAUSTED`];
 //! - a rate limit → [`RATE_LIMITED`] with `data.retryAfterMs`, HTTP 429 for a single request
-//!   (the edge adds `Retry-After`).
+//!   (the edge adds `Retry-After`); shared buckets (`limits.rate.redis`) that Redis cannot
+//!   answer → [`CONTROL_UNAVAILABLE`], HTTP 503 (fail closed).
 //!
 //! Lists leave out what a kill switch stops and what the caller's task token does not cover
 //! ([`screen_list_items`], [`screen_list_result`]); policy filters them as well.
@@ -18,7 +20,7 @@ use std::sync::Arc;
 
 use http::StatusCode;
 use portcullis_control::kill::{KillSet, KillSwitch, Scope, wait_for_kill};
-use portcullis_control::task::{ScopeError, TaskScope, wait_for_revocation};
+use portcullis_control::task::{ScopeError, TaskScope, wait_for_expiry, wait_for_revocation};
 use portcullis_control::{CallFacts, Refusal};
 use portcullis_core::envelope::Envelope;
 use portcullis_core::names;
@@ -141,9 +143,18 @@ pub fn revoked_error(task: &TaskScope) -> ProxyError {
     .with_data(json!({ "rule": format!("task-token:{}", task.id), "token": task.id }))
 }
 
+/// The error that ends the calls and streams of a task token that expired while they were open.
+pub fn expired_error(task: &TaskScope) -> ProxyError {
+    ProxyError::client(
+        OUT_OF_TASK_SCOPE,
+        format!("task token {} has expired; the call was stopped", task.id),
+    )
+    .with_data(json!({ "rule": format!("task-token:{}", task.id), "token": task.id }))
+}
+
 /// Resolves (with the error to end it) when this call in flight must stop: a kill switch that
 /// stops `principal`'s agent calling `server` (`message` being the request as sent upstream),
-/// or the revocation of the principal's task token.
+/// or the revocation or expiry of the principal's task token.
 pub async fn killed(
     gateway: &Gateway,
     principal: &Principal,
@@ -157,7 +168,7 @@ pub async fn killed(
 
 /// Resolves (with the error to end it) when an open stream of `principal` must stop: a
 /// lockdown, the agent's switch, for a stream of one server that server's switch, or the
-/// revocation of the principal's task token.
+/// revocation or expiry of the principal's task token.
 pub async fn stream_killed(
     gateway: &Gateway,
     principal: &Principal,
@@ -181,20 +192,20 @@ async fn stopped(
         Some(task) => tokio::select! {
             switch = kill => killed_error(&switch),
             () = wait_for_revocation(&mut revocations, task) => revoked_error(task),
+            () = wait_for_expiry(task) => expired_error(task),
         },
     }
 }
 
 /// Is `server` closed to `principal` now: stopped by a kill switch (lockdown, the agent's or the
-/// server's), outside the principal's task token, or that token revoked? For what reaches a
+/// server's), outside the principal's task token, or that token revoked or expired? For what reaches a
 /// caller from a server outside any call: listens and standalone streams on the aggregate.
 pub fn server_closed(kills: &KillSet, principal: &Principal, server: &str) -> bool {
     kills.agent(&principal.agent).is_some()
         || kills.server(server).is_some()
-        || principal
-            .task
-            .as_ref()
-            .is_some_and(|task| task.is_revoked() || !task.allows_server(server))
+        || principal.task.as_ref().is_some_and(|task| {
+            task.is_revoked() || task.is_expired() || !task.allows_server(server)
+        })
 }
 
 /// Leaves out of a page of list items (the upstream's own names, `field` = `tools`, …) what a
@@ -270,7 +281,7 @@ fn visible(
 }
 
 /// Ends a streaming response (an SSE body) when a kill switch stops streams of `principal` on
-/// `route`, or its task token is revoked ([`stream_killed`]): the body simply ends, as on
+/// `route`, or its task token is revoked or expires ([`stream_killed`]): the body simply ends, as on
 /// shutdown. The watch lives inside the body, so it goes away with the stream.
 pub fn end_stream_on_kill(
     gateway: &Arc<Gateway>,
@@ -287,7 +298,7 @@ pub fn end_stream_on_kill(
     };
     let killed = async move {
         let error = stream_killed(&gateway, &principal, server.as_deref()).await;
-        tracing::info!(agent = %principal.agent, reason = %error.message, "open stream ended by a kill switch or a revoked task token");
+        tracing::info!(agent = %principal.agent, reason = %error.message, "open stream ended by a kill switch or a revoked or expired task token");
     };
     response.map(|body| {
         axum::body::Body::from_stream(body.into_data_stream().take_until(Box::pin(killed)))

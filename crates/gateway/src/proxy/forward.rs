@@ -38,7 +38,7 @@ use crate::auth::Principal;
 use crate::route::Route;
 use crate::session::Session;
 use crate::state::{CatalogEntry, Gateway};
-use crate::upstream::{Caller, Connector, UpstreamEvent};
+use crate::upstream::{Caller, Connector, Events, UpstreamEvent};
 
 /// Messages buffered toward one client stream before the upstream reader waits.
 const STREAM_BUFFER: usize = 64;
@@ -166,7 +166,7 @@ impl Ctx {
 
 /// The upstream side of a call in progress.
 struct Flow {
-    events: mpsc::Receiver<UpstreamEvent>,
+    events: Events,
     /// Dropped when the call is abandoned: the connector then cancels it upstream.
     upstream_cancel: Option<oneshot::Sender<()>>,
 }
@@ -189,7 +189,7 @@ impl Drop for CallTracker {
 /// Drives a call from its first upstream event to a reply.
 async fn run(
     ctx: Ctx,
-    events: mpsc::Receiver<UpstreamEvent>,
+    events: Events,
     upstream_cancel: Option<oneshot::Sender<()>>,
 ) -> Result<Reply, ProxyError> {
     let mut flow = Flow {
@@ -568,7 +568,7 @@ async fn drive(
                         return sink.finish(message).await;
                     }
                     (sink, Era::Legacy, Some(session)) if sink.can_ask() => {
-                        let (question, answer) = ask_client(session, request);
+                        let (question, answer) = ask_client(&ctx, session, request);
                         let timeout = ctx.timeout;
                         tokio::spawn(async move {
                             if let Ok(Ok(answer)) = tokio::time::timeout(timeout, answer).await {
@@ -607,15 +607,24 @@ fn declared(caller: &Caller, request: &Envelope) -> bool {
 }
 
 /// Registers a question with the legacy session; returns it with the gateway's id, and the
-/// receiver of the client's answer.
+/// receiver of the client's answer (recorded in the audit trail on its way).
 fn ask_client(
+    ctx: &Ctx,
     session: &Arc<Session>,
     mut request: Envelope,
 ) -> (Envelope, oneshot::Receiver<Envelope>) {
     let (answer_tx, answer_rx) = oneshot::channel();
     let id = session.register_client_request(answer_tx);
+    let (trail, principal) = (&ctx.gateway.audit, &ctx.principal);
+    let record = super::audit::QuestionRecord::new(
+        trail,
+        principal,
+        Some(&*session.id),
+        &ctx.server,
+        &request,
+    );
     request.set_id(id);
-    (request, answer_rx)
+    (request, record.follow(answer_rx))
 }
 
 /// The error answering a server→client request (`method`) the gateway will not forward.
@@ -780,7 +789,7 @@ async fn input_round(
                 });
             }
         };
-        let (question, answer) = ask_client(session, request);
+        let (question, answer) = ask_client(ctx, session, request);
         if !sink.interim(question).await {
             return Err(cancelled());
         }

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use portcullis_core::envelope::Envelope;
 use rand::RngCore;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
-use crate::upstream::UpstreamEvent;
+use crate::upstream::Events;
 
 /// Prefix of gateway-minted `requestState` values; anything else belongs to the upstream.
 pub const HANDLE_PREFIX: &str = "pcx1.";
@@ -29,7 +29,7 @@ pub struct HeldCall {
     pub binding: (String, Option<String>),
     pub server: String,
     /// The rest of the upstream call.
-    pub events: mpsc::Receiver<UpstreamEvent>,
+    pub events: Events,
     /// Dropped when the held call is dropped: cancels the call upstream.
     pub upstream_cancel: Option<oneshot::Sender<()>>,
     /// Upstream questions waiting for an answer, by the key used in `inputRequests`.
@@ -46,11 +46,13 @@ impl HeldCall {
         binding: (String, Option<String>),
         server: String,
         method: String,
-        events: mpsc::Receiver<UpstreamEvent>,
+        mut events: Events,
         upstream_cancel: Option<oneshot::Sender<()>>,
         questions: HashMap<String, oneshot::Sender<Envelope>>,
         ttl: Duration,
     ) -> HeldCall {
+        // Nobody awaits the events while the call is held: its upstream work must go on alone.
+        events.detach();
         HeldCall {
             owner,
             binding,
@@ -130,13 +132,13 @@ mod tests {
     use super::*;
 
     fn held(ttl: Duration) -> HeldCall {
-        let (_tx, rx) = mpsc::channel(1);
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
         HeldCall::new(
             ("key:a".into(), "alice".into()),
             ("tools/call".into(), Some("fx__sample".into())),
             "fx".into(),
             "tools/call".into(),
-            rx,
+            Events::new(rx),
             None,
             HashMap::new(),
             ttl,

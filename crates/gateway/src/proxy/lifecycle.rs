@@ -35,8 +35,10 @@ fn gateway_info() -> Value {
 
 /// The capabilities, server info and instructions to present on a route.
 async fn presented(
+    gateway: &Gateway,
     runtime: &Runtime,
     route: &Route,
+    method: &str,
 ) -> Result<(Value, Value, Option<String>), ProxyError> {
     match route {
         Route::Aggregate => Ok((aggregate_capabilities(), gateway_info(), None)),
@@ -52,7 +54,13 @@ async fn presented(
                 facts.capabilities,
                 facts.server_info.unwrap_or_else(gateway_info),
                 // Instructions reach the model too: left out when poisoned.
-                super::scanning::screen_instructions(runtime, name, facts.instructions),
+                super::scanning::screen_instructions(
+                    gateway,
+                    runtime,
+                    method,
+                    name,
+                    facts.instructions,
+                ),
             ))
         }
     }
@@ -88,7 +96,8 @@ pub async fn initialize(
         .and_then(|raw| serde_json::from_str(raw.get()).ok());
     let version = era::negotiate_legacy(&requested);
 
-    let (server_capabilities, server_info, instructions) = presented(runtime, &route).await?;
+    let (server_capabilities, server_info, instructions) =
+        presented(gateway, runtime, &route, "initialize").await?;
     let session = gateway
         .sessions
         .create(
@@ -134,7 +143,8 @@ pub async fn discover(call: &Call, message: &Envelope) -> Result<Reply, ProxyErr
 }
 
 async fn discovered(call: &Call, message: &Envelope) -> Result<Reply, ProxyError> {
-    let (capabilities, server_info, instructions) = presented(&call.runtime, &call.route).await?;
+    let (capabilities, server_info, instructions) =
+        presented(&call.gateway, &call.runtime, &call.route, "server/discover").await?;
     let mut result = json!({
         "supportedVersions": MODERN_VERSIONS,
         "capabilities": capabilities,

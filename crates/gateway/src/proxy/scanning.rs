@@ -568,27 +568,70 @@ pub fn screen_list_result(gateway: &Gateway, server: &str, method: &str, result:
     result.set(kind.field(), portcullis_core::envelope::to_raw(&kept));
 }
 
-/// A server's `instructions`, left out when poisoned.
+/// A server's `instructions`, left out when poisoned; findings on them (once per server and
+/// text) become an `alert` record in the audit trail, with `method` the request that
+/// presented them.
 pub fn screen_instructions(
+    gateway: &Gateway,
     runtime: &Runtime,
+    method: &str,
     server: &str,
     instructions: Option<String>,
 ) -> Option<String> {
     instructions.as_ref()?;
     let profile = runtime.config.scanners.profile(server);
-    match scanner() {
-        Ok(scanner) => {
-            crate::scanning::metadata::screen_instructions(scanner, profile, server, instructions)
-        }
+    let scanner = match scanner() {
+        Ok(scanner) => scanner,
         Err(error) => {
             tracing::error!(
                 server,
                 error,
                 "metadata scanner unavailable; instructions left out"
             );
-            None
+            return None;
         }
+    };
+    let screened =
+        gateway
+            .scanning
+            .metadata
+            .screen_instructions(scanner, profile, server, instructions);
+    if let Some(alert) = screened.alert
+        && gateway.audit.is_enabled()
+        && let Ok(handle) = tokio::runtime::Handle::try_current()
+    {
+        let trail = gateway.audit.clone();
+        let event = instructions_alert_event(alert, method);
+        handle.spawn(async move {
+            if let Err(error) = trail.record(event).await {
+                tracing::error!(%error, "instructions alert not recorded in the audit trail");
+            }
+        });
     }
+    screened.text
+}
+
+fn instructions_alert_event(
+    alert: crate::scanning::metadata::InstructionsAlert,
+    method: &str,
+) -> portcullis_audit::AuditEvent {
+    use portcullis_audit::{AuditEvent, Finding, RecordKind};
+    let mut event = AuditEvent::new(RecordKind::Alert, portcullis_audit::store::now_us());
+    event.method = Some(method.to_owned());
+    let (decision, severity) = match alert.event {
+        "flagged" => ("flag", "medium"),
+        _ => ("quarantine", "high"),
+    };
+    event.decision = Some(decision.to_owned());
+    event.rule_id = Some("poisoning".to_owned());
+    event.findings.push(Finding {
+        rule: format!("metadata.{}", alert.event),
+        severity: severity.to_owned(),
+        location: Some(format!("instructions (sha256 {})", short(&alert.seen))),
+    });
+    event.findings.extend(alert.findings);
+    event.server = Some(alert.server);
+    event
 }
 
 /// `{server}__{tool}` (or `{method} on {server}`) for messages.

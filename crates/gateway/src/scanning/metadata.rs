@@ -642,32 +642,88 @@ fn definition_row(
     }
 }
 
-/// Server `instructions` (shown to the model at initialize): None when poisoning findings
-/// quarantine them (they are then left out), else the text unchanged.
-pub fn screen_instructions(
-    scanner: &Scanner,
-    profile: &ScanProfile,
-    server: &str,
-    instructions: Option<String>,
-) -> Option<String> {
-    let text = instructions?;
-    let findings = scanner.poisoning(&text);
-    let mut quarantine = Vec::new();
-    for f in &findings {
-        match profile.poisoning(f.category.name()) {
-            Action::Block | Action::Approve => quarantine.push(f.category.name()),
-            Action::Flag | Action::Redact => {
-                tracing::warn!(target: "portcullis::alert", server, category = f.category.name(), rule = f.rule, "server instructions flagged by the poisoning scanner (passed on)");
+/// A server's `instructions` after screening ([`MetadataGuard::screen_instructions`]).
+#[derive(Debug)]
+pub struct ScreenedInstructions {
+    /// The text to present; None when poisoning findings quarantine it (it is left out).
+    pub text: Option<String>,
+    /// The first time (in this process) this text from this server had findings: the alert
+    /// to record in the audit trail.
+    pub alert: Option<InstructionsAlert>,
+}
+
+/// Poisoning findings on a server's `instructions`, for an `alert` audit record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstructionsAlert {
+    pub server: String,
+    /// `poisoned` (left out) or `flagged` (passed on).
+    pub event: &'static str,
+    /// SHA-256 of the text, hex.
+    pub seen: String,
+    /// The scanner's findings (rule, severity, byte range in the text).
+    pub findings: Vec<portcullis_audit::Finding>,
+}
+
+impl MetadataGuard {
+    /// Server `instructions` (shown to the model at initialize and `server/discover`): left
+    /// out when poisoning findings quarantine them, else passed on unchanged; findings are
+    /// alerted once per server and text.
+    pub fn screen_instructions(
+        &self,
+        scanner: &Scanner,
+        profile: &ScanProfile,
+        server: &str,
+        instructions: Option<String>,
+    ) -> ScreenedInstructions {
+        let Some(text) = instructions else {
+            return ScreenedInstructions {
+                text: None,
+                alert: None,
+            };
+        };
+        let mut quarantine = Vec::new();
+        let mut found = Vec::new();
+        for f in scanner.poisoning(&text) {
+            match profile.poisoning(f.category.name()) {
+                Action::Block | Action::Approve => quarantine.push(f.category.name()),
+                Action::Flag | Action::Redact => {
+                    tracing::warn!(target: "portcullis::alert", server, category = f.category.name(), rule = f.rule, "server instructions flagged by the poisoning scanner (passed on)");
+                }
+                Action::Off => continue,
             }
-            Action::Off => {}
+            found.push(portcullis_audit::Finding {
+                rule: f.rule.to_owned(),
+                severity: super::content::severity_name(f.severity).to_owned(),
+                location: Some(format!("instructions[{}..{}]", f.start, f.end)),
+            });
+        }
+        let event = if quarantine.is_empty() {
+            "flagged"
+        } else {
+            quarantine.dedup();
+            tracing::warn!(target: "portcullis::alert", server, findings = %quarantine.join(", "), "server instructions carry hidden instructions; left out");
+            "poisoned"
+        };
+        let alert = if found.is_empty() {
+            None
+        } else {
+            use sha2::Digest as _;
+            let seen = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+            // No item has an empty name: this key is the server's instructions'.
+            let key = (server.to_owned(), ItemKind::Tool, String::new());
+            self.first_alert(&key, &format!("instructions:{seen}"), event)
+                .then(|| InstructionsAlert {
+                    server: server.to_owned(),
+                    event,
+                    seen,
+                    findings: found,
+                })
+        };
+        ScreenedInstructions {
+            text: quarantine.is_empty().then_some(text),
+            alert,
         }
     }
-    if quarantine.is_empty() {
-        return Some(text);
-    }
-    quarantine.dedup();
-    tracing::warn!(target: "portcullis::alert", server, findings = %quarantine.join(", "), "server instructions carry hidden instructions; left out");
-    None
 }
 
 #[cfg(test)]
@@ -966,21 +1022,36 @@ mod tests {
     }
 
     #[test]
-    fn poisoned_instructions_are_left_out() {
+    fn poisoned_instructions_are_left_out_and_alerted_once() {
         let profile = ScanProfile::default();
+        let guard = MetadataGuard::default();
+        let clean = guard.screen_instructions(
+            scanner(),
+            &profile,
+            "fx",
+            Some("Use the tools to manage tickets.".into()),
+        );
         assert_eq!(
-            screen_instructions(
-                scanner(),
-                &profile,
-                "fx",
-                Some("Use the tools to manage tickets.".into())
-            )
-            .as_deref(),
+            clean.text.as_deref(),
             Some("Use the tools to manage tickets.")
         );
-        assert_eq!(
-            screen_instructions(scanner(), &profile, "fx", Some(POISON.into())),
-            None
+        assert_eq!(clean.alert, None);
+        let poisoned = guard.screen_instructions(scanner(), &profile, "fx", Some(POISON.into()));
+        assert_eq!(poisoned.text, None);
+        let alert = poisoned.alert.expect("an alert for the audit trail");
+        assert_eq!((alert.server.as_str(), alert.event), ("fx", "poisoned"));
+        assert_eq!(alert.seen.len(), 64, "sha256 hex: {}", alert.seen);
+        assert!(!alert.findings.is_empty());
+        assert!(
+            alert.findings.iter().all(|f| f
+                .location
+                .as_deref()
+                .is_some_and(|l| l.starts_with("instructions["))),
+            "{alert:?}"
         );
+        let again = guard.screen_instructions(scanner(), &profile, "fx", Some(POISON.into()));
+        assert_eq!((again.text, again.alert), (None, None), "alerted once");
+        let other = guard.screen_instructions(scanner(), &profile, "fy", Some(POISON.into()));
+        assert!(other.alert.is_some(), "per server");
     }
 }

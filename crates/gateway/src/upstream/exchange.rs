@@ -15,16 +15,20 @@
 //!   a reply channel; the reply is written back upstream with the upstream's own request id.
 //!   `ping` is answered by the connector itself: liveness of the upstream link is the gateway's.
 //!
-//! A watcher task per call enforces the deadline (final error response naming the server) and
+//! A watcher per call enforces the deadline (final error response naming the server) and
 //! notices an abandoned [`Exchange`] (its `events` receiver or `cancel` sender dropped); the
 //! transport's cancel hook then tells the upstream (`notifications/cancelled`, or closing a modern
-//! HTTP stream) and late responses are dropped because the entry is gone.
+//! HTTP stream) and late responses are dropped because the entry is gone. The watcher is its own
+//! task, except for calls whose work runs inline in the caller's task (modern HTTP, see
+//! [`super::events`]): there it runs inside that work ([`CallTable::register_watched`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use portcullis_core::envelope::{Envelope, Kind, to_raw};
 use portcullis_core::era::{META_CLIENT_CAPABILITIES, META_CLIENT_INFO, META_PROTOCOL_VERSION};
 use portcullis_core::rawobj::RawObject;
@@ -33,7 +37,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc, oneshot};
 
-use super::{Caller, Exchange, Unsolicited, UpstreamEvent};
+use super::{Caller, Events, Exchange, Unsolicited, UpstreamEvent};
 
 /// The gateway's JSON-RPC error codes the connector uses in final responses it makes up itself
 /// (one list for the whole gateway: `crate::proxy::errors`).
@@ -187,10 +191,25 @@ impl CallTable {
     pub(crate) fn register(
         self: &Arc<Self>,
         caller: &Caller,
-        mut request: Envelope,
+        request: Envelope,
         options: CallOptions,
         on_cancel: impl FnOnce(u64) + Send + 'static,
     ) -> Registered {
+        let (registered, watcher) = self.register_watched(caller, request, options, on_cancel);
+        tokio::spawn(watcher);
+        registered
+    }
+
+    /// [`CallTable::register`] without starting the watcher: the caller must run the returned
+    /// future for the call's whole life (it ends once the call's entry is gone), and remove the
+    /// entry itself if it stops running it earlier ([`Unregister`]).
+    pub(crate) fn register_watched(
+        self: &Arc<Self>,
+        caller: &Caller,
+        mut request: Envelope,
+        options: CallOptions,
+        on_cancel: impl FnOnce(u64) + Send + 'static,
+    ) -> (Registered, BoxFuture<'static, ()>) {
         let id = NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed);
         let caller_id = request
             .id()
@@ -230,7 +249,7 @@ impl CallTable {
         } else {
             options.timeout
         };
-        tokio::spawn(async move {
+        let watcher = async move {
             let end = tokio::select! {
                 biased;
                 _ = done_rx => return,
@@ -260,16 +279,17 @@ impl CallTable {
                 }
             }
             on_cancel(id);
-        });
+        };
 
-        Registered {
+        let registered = Registered {
             id,
             request,
             exchange: Exchange {
-                events: events_rx,
+                events: Events::new(events_rx),
                 cancel: Some(cancel_tx),
             },
-        }
+        };
+        (registered, watcher.boxed())
     }
 
     fn remove(&self, id: u64) -> Option<Pending> {
@@ -582,6 +602,19 @@ impl CallTable {
             best = best.max((pending.seq, *id));
         }
         Some(best.1)
+    }
+}
+
+/// Removes a call's entry when dropped (ending it without an answer and releasing its in-flight
+/// slot): held by work that runs the call's watcher itself, in case that work is dropped first.
+pub(crate) struct Unregister {
+    pub table: Arc<CallTable>,
+    pub id: u64,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        self.table.remove(self.id);
     }
 }
 

@@ -42,7 +42,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::exchange::{self, CallOptions, CallTable, Origin, Outbound};
+use super::exchange::{self, CallOptions, CallTable, Origin, Outbound, Unregister};
 use super::oauth::TokenSource;
 use super::stdio::{Discover, classify_discover, legacy_facts};
 use super::{Caller, Connector, Exchange, ServerFacts, Unsolicited, UpstreamError, UpstreamEvent};
@@ -100,6 +100,10 @@ struct Inner {
     legacy_sse: bool,
     /// The gateway's own credential headers, marked sensitive.
     credentials: HeaderMap,
+    /// Headers of every modern POST, built once: credentials, `Accept`, `Content-Type`.
+    post_headers: HeaderMap,
+    /// Where answers to server→client requests on a modern response stream go (nowhere).
+    no_outbound: Arc<dyn Outbound>,
     /// The gateway's OAuth client-credentials token source, added to every request.
     token: Option<Arc<TokenSource>>,
     client: reqwest::Client,
@@ -108,7 +112,7 @@ struct Inner {
     /// Bounds the calls in flight; a call finding no slot is `Overloaded`.
     in_flight: Arc<Semaphore>,
     /// The detected era/transport; the async lock serialises probing.
-    mode: tokio::sync::Mutex<Option<Mode>>,
+    mode: tokio::sync::Mutex<Option<Arc<Mode>>>,
     /// Input schemas with `x-mcp-header` parameters, for the `Mcp-Param-*` headers of modern
     /// `tools/call` requests (shared with the proxy, which learns them from `tools/list`).
     tool_schemas: OnceLock<Arc<crate::tool_schemas::ToolSchemas>>,
@@ -310,12 +314,26 @@ impl HttpConnector {
             Ok(headers) => (headers, url),
             Err(reason) => (HeaderMap::new(), Err(reason)),
         };
+        let mut post_headers = credentials.clone();
+        post_headers.insert(
+            reqwest::header::ACCEPT,
+            HeaderValue::from_static(ACCEPT_BOTH),
+        );
+        post_headers.insert(
+            reqwest::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let name: Arc<str> = config.name.as_str().into();
         HttpConnector {
             inner: Arc::new(Inner {
-                name: config.name.as_str().into(),
+                no_outbound: Arc::new(NoOutbound {
+                    server: name.clone(),
+                }),
+                name,
                 url,
                 legacy_sse,
                 credentials,
+                post_headers,
                 token,
                 client,
                 request_timeout: config.request_timeout,
@@ -347,7 +365,7 @@ impl HttpConnector {
 
     /// Whether the upstream was found (or configured) to be a 2024-11-05 HTTP+SSE server.
     pub async fn is_legacy_sse(&self) -> Result<bool, UpstreamError> {
-        Ok(matches!(self.inner.mode().await?, Mode::Sse { .. }))
+        Ok(matches!(*self.inner.mode().await?, Mode::Sse { .. }))
     }
 
     /// Calls in flight (tests and metrics).
@@ -451,17 +469,17 @@ impl Inner {
         }
     }
 
-    async fn mode(self: &Arc<Self>) -> Result<Mode, UpstreamError> {
+    async fn mode(self: &Arc<Self>) -> Result<Arc<Mode>, UpstreamError> {
         if self.closed.is_cancelled() {
             return Err(self.unavailable("has been shut down"));
         }
         let mut mode = self.mode.lock().await;
         if let Some(mode) = &*mode {
-            return Ok(mode.clone());
+            return Ok(Arc::clone(mode));
         }
-        let detected = self.probe().await?;
+        let detected = Arc::new(self.probe().await?);
         tracing::info!(server = %self.name, mode = ?detected, "upstream era detected");
-        *mode = Some(detected.clone());
+        *mode = Some(Arc::clone(&detected));
         Ok(detected)
     }
 
@@ -469,9 +487,9 @@ impl Inner {
     /// era (their own session, their own capabilities), so session-scoped features such as
     /// `resources/subscribe` and `logging/setLevel` work without translation; only when the
     /// upstream refuses `initialize` does a legacy caller fall back to modern requests.
-    async fn mode_for(self: &Arc<Self>, caller: &Caller) -> Result<Mode, UpstreamError> {
+    async fn mode_for(self: &Arc<Self>, caller: &Caller) -> Result<Arc<Mode>, UpstreamError> {
         let mode = self.mode().await?;
-        let Mode::Modern { facts } = &mode else {
+        let Mode::Modern { facts } = &*mode else {
             return Ok(mode);
         };
         if portcullis_core::era::era_of(&caller.protocol_version) != Some(Era::Legacy)
@@ -479,9 +497,9 @@ impl Inner {
         {
             return Ok(mode);
         }
-        let legacy = Mode::Streamable {
+        let legacy = Arc::new(Mode::Streamable {
             facts: facts.clone(),
-        };
+        });
         match self.session_for(caller, &legacy).await {
             Ok(_) => Ok(legacy),
             Err(error) => {
@@ -943,7 +961,8 @@ impl Inner {
         }
     }
 
-    /// Starts a call: registers it and spawns the task that POSTs it and reads the answer.
+    /// Starts a call: registers it and sets up the work that POSTs it and reads the answer (inline
+    /// in the caller's task for a modern upstream, a spawned task for a legacy session).
     async fn call(
         self: &Arc<Self>,
         caller: &Caller,
@@ -955,34 +974,34 @@ impl Inner {
                 server: self.name.to_string(),
             })?;
         let mode = self.mode_for(caller).await?;
-        let cancel = CancellationToken::new();
-        match &mode {
+        match &*mode {
             Mode::Modern { facts } => {
-                let version = facts.protocol_version.clone();
-                exchange::adapt_for_modern(&mut request, caller, &version);
-                let token = cancel.clone();
+                exchange::adapt_for_modern(&mut request, caller, &facts.protocol_version);
                 let options = CallOptions {
                     session: 0,
                     timeout: self.request_timeout,
                     permit: Some(permit),
                     internal: false,
                 };
-                // Closing the response stream is the modern cancellation.
-                let registered = self
-                    .table
-                    .register(caller, request, options, move |_| token.cancel());
-                tokio::spawn(Arc::clone(self).modern_call(
+                // Closing the response stream is the modern cancellation: the call's work (and
+                // its request) is dropped when the watcher ends the call or the exchange goes.
+                let (mut registered, watcher) =
+                    self.table
+                        .register_watched(caller, request, options, |_| {});
+                let work = Arc::clone(self).modern_call(
                     caller.key.clone(),
                     registered.id,
                     registered.request,
-                    version,
-                    cancel,
-                ));
+                    Arc::clone(&mode),
+                    watcher,
+                );
+                registered.exchange.events.set_driver(work.boxed());
                 Ok(registered.exchange)
             }
             Mode::Streamable { .. } | Mode::Sse { .. } => {
                 exchange::adapt_for_legacy(&mut request);
                 let session = self.session_for(caller, &mode).await?;
+                let cancel = CancellationToken::new();
                 let token = cancel.clone();
                 let outbound = Arc::clone(&session.outbound);
                 let options = CallOptions {
@@ -1008,66 +1027,106 @@ impl Inner {
         }
     }
 
+    /// One modern call, run inline while the caller awaits its events ([`super::events`]): the
+    /// POST and a JSON answer are handled in the caller's task; an SSE answer is read on its own
+    /// task (its events may be many and far apart). The call's watcher (deadline, abandonment)
+    /// runs alongside throughout; whichever ends first ends the other.
     async fn modern_call(
         self: Arc<Self>,
         caller_key: Arc<str>,
         id: u64,
         request: Envelope,
-        version: String,
-        cancel: CancellationToken,
+        mode: Arc<Mode>,
+        mut watcher: BoxFuture<'static, ()>,
     ) {
-        let Ok(url) = self.url().cloned() else {
-            return self.table.fail(id, "has no usable URL");
+        let unregister = Unregister {
+            table: Arc::clone(&self.table),
+            id,
         };
-        let mut headers = self.base_headers();
-        let schema = self.tool_schema(&request);
-        for (name, value) in mirror::required_headers(&request, &version, schema.as_deref()) {
+        let version = &mode.facts().protocol_version;
+        let response = tokio::select! {
+            biased;
+            () = &mut watcher => return,
+            response = self.modern_post(id, &request, version) => response,
+        };
+        drop(request);
+        let Some(response) = response else {
+            return;
+        };
+        if is_event_stream(&response) {
+            tokio::spawn(async move {
+                let _unregister = unregister;
+                tokio::select! {
+                    biased;
+                    () = watcher => {}
+                    () = self.modern_read(caller_key, id, response) => {}
+                }
+            });
+            return;
+        }
+        tokio::select! {
+            biased;
+            () = &mut watcher => {}
+            () = self.modern_read(caller_key, id, response) => {}
+        }
+    }
+
+    /// POSTs a modern request. `None` when the call already ended (failed, or answered with an
+    /// HTTP error carrying a JSON-RPC error).
+    async fn modern_post(
+        &self,
+        id: u64,
+        request: &Envelope,
+        version: &str,
+    ) -> Option<reqwest::Response> {
+        let Ok(url) = self.url() else {
+            self.table.fail(id, "has no usable URL");
+            return None;
+        };
+        let mut headers = self.post_headers.clone();
+        let schema = self.tool_schema(request);
+        for (name, value) in mirror::required_headers(request, version, schema.as_deref()) {
             if let (Ok(name), Some(value)) =
                 (HeaderName::from_bytes(name.as_bytes()), header(&value))
             {
                 headers.insert(name, value);
             }
         }
-        let outbound: Arc<dyn Outbound> = Arc::new(NoOutbound {
-            server: self.name.clone(),
-        });
         let post = self
             .client
-            .post(url)
+            .post(url.clone())
             .headers(headers)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(request.to_bytes());
-        let send = send(self.token.as_deref(), post);
-        let response = tokio::select! {
-            _ = cancel.cancelled() => return,
-            response = send => response,
-        };
-        let response = match response {
-            Ok(response) => response,
-            Err(error) => return self.table.fail(id, &error.to_string()),
-        };
-        let status = response.status();
-        if !status.is_success() {
-            return self.http_error(id, status, response).await;
+        match send(self.token.as_deref(), post).await {
+            Ok(response) if response.status().is_success() => Some(response),
+            Ok(response) => {
+                self.http_error(id, response.status(), response).await;
+                None
+            }
+            Err(error) => {
+                self.table.fail(id, &error.to_string());
+                None
+            }
         }
+    }
+
+    /// Reads a modern call's successful answer (JSON body or SSE stream) into its events.
+    async fn modern_read(&self, caller_key: Arc<str>, id: u64, response: reqwest::Response) {
         let origin = Origin {
             call: Some(id),
             session: 0,
             caller_key: Some(caller_key),
-            outbound: &outbound,
+            outbound: &self.no_outbound,
         };
-        let table = Arc::clone(&self.table);
-        let read = tokio::select! {
-            _ = cancel.cancelled() => return,
-            read = read_messages(&self.name, response, |message| {
-                if message.kind() == Kind::Request {
-                    tracing::warn!(server = %self.name, "modern upstream sent a request on a response stream; dropped");
-                    return true;
-                }
-                table.dispatch(message, &origin);
-                table.is_pending(id)
-            }) => read,
-        };
+        let read = read_messages(&self.name, response, |message| {
+            if message.kind() == Kind::Request {
+                tracing::warn!(server = %self.name, "modern upstream sent a request on a response stream; dropped");
+                return true;
+            }
+            self.table.dispatch(message, &origin);
+            self.table.is_pending(id)
+        })
+        .await;
         match read {
             Err(error) => self.table.fail(id, &error),
             Ok(_) => self
@@ -1098,7 +1157,7 @@ impl Inner {
     async fn legacy_call(
         self: Arc<Self>,
         caller: Caller,
-        mode: Mode,
+        mode: Arc<Mode>,
         mut session: Arc<Session>,
         id: u64,
         request: Envelope,
@@ -1556,7 +1615,7 @@ impl Connector for HttpConnector {
                 return Ok(());
             }
             let mode = inner.mode().await?;
-            if let Mode::Modern { .. } = mode {
+            if let Mode::Modern { .. } = *mode {
                 // Modern HTTP has no client→server notifications besides cancellation.
                 return Ok(());
             }

@@ -23,17 +23,20 @@
 //! - Messages not tied to a call (list_changed, resources/updated, requests on a legacy GET
 //!   stream) arrive on [`Connector::unsolicited`].
 
+pub mod events;
 pub mod exchange;
 pub mod http;
 pub mod oauth;
 pub mod stdio;
+
+pub use events::Events;
 
 use std::sync::Arc;
 
 use portcullis_core::envelope::Envelope;
 use portcullis_core::era::Era;
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 /// The downstream party a call is made for, as the upstream must see it.
 #[derive(Debug, Clone)]
@@ -69,8 +72,9 @@ pub enum UpstreamEvent {
 /// An in-flight call. Dropping it before the final response cancels the call upstream.
 #[derive(Debug)]
 pub struct Exchange {
-    /// Events of this call, ending after the `Response`. Fed by the connector's reader task.
-    pub events: mpsc::Receiver<UpstreamEvent>,
+    /// Events of this call, ending after the `Response`. Fed by the connector's reader task, or
+    /// by the call's own work running inline while they are awaited ([`events::Events`]).
+    pub events: events::Events,
     /// Dropped (or sent to) when the exchange is abandoned; the connector then cancels upstream.
     pub cancel: Option<oneshot::Sender<()>>,
 }

@@ -1,15 +1,41 @@
-//! Where numbers can be: one pass over the text, 64 bytes at a time, with bit masks of digits,
-//! number characters and letters, giving
+//! Where numbers can be: one pass over the text, 64 bytes at a time, giving
 //!
 //! - the **stretches** worth matching: maximal runs of number characters (digits, space,
 //!   `. - ( ) +` and the `x` / `ext` of an extension; every numeric-run match lies inside one)
 //!   holding at least 7 digits, or 4 digits and 3 dots (an IPv4 address);
 //! - the **IBAN candidates**: two ASCII letters after a non-word byte, followed by two digits.
 //!
-//! Text without digits costs the mask computation only; runs without digits are never visited.
+//! A bit mask of digits per 64 bytes finds where runs of digits start; chunks without digits
+//! cost that mask only. Where digits are, masks of number characters and dots give each
+//! stretch's bounds and counts (a stretch crossing a chunk boundary is finished byte by byte).
+
+use crate::bytemask::{Block, eq, range};
 
 /// Fewest digits in a stretch that may hold a phone, card, SSN or IBAN number.
-const MIN_DIGITS: u32 = 7;
+const MIN_DIGITS: usize = 7;
+
+/// Bytes the numeric-run pattern can match.
+const NUMBER: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_digit()
+            || matches!(
+                c,
+                b' ' | b'.' | b'-' | b'(' | b')' | b'+' | b'x' | b'e' | b't'
+            );
+        b += 1;
+    }
+    t
+};
+
+/// Whether a stretch holds enough digits (and dots) for a number worth classifying.
+fn worth_matching(stretch: &[u8]) -> bool {
+    let digits = stretch.iter().filter(|b| b.is_ascii_digit()).count();
+    let dots = stretch.iter().filter(|&&b| b == b'.').count();
+    digits >= MIN_DIGITS || (digits >= 4 && dots >= 3)
+}
 
 /// The low `n` bits set.
 #[inline(always)]
@@ -17,69 +43,9 @@ fn ones(n: usize) -> u64 {
     if n >= 64 { !0 } else { (1u64 << n) - 1 }
 }
 
-/// Per chunk, one bit per byte.
-struct Masks {
-    digit: u64,
-    number: u64,
-    dot: u64,
-    letter: u64,
-    word: u64,
-}
-
-/// The 64 flags (`0x80` or 0) as bits.
 #[inline(always)]
-fn pack(flags: &[u8; 64]) -> u64 {
-    let mut m = 0u64;
-    for (k, c) in flags.chunks_exact(8).enumerate() {
-        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-        m |= (((v >> 7) & 0x0101_0101_0101_0101).wrapping_mul(0x0102_0408_1020_4080) >> 56)
-            << (8 * k);
-    }
-    m
-}
-
-#[inline(always)]
-fn masks(chunk: &[u8; 64]) -> Masks {
-    let mut digit = [0u8; 64];
-    let mut number = [0u8; 64];
-    let mut dot = [0u8; 64];
-    let mut letter = [0u8; 64];
-    let mut word = [0u8; 64];
-    for i in 0..64 {
-        let b = chunk[i];
-        let d = b.wrapping_sub(b'0') < 10;
-        let l = (b | 0x20).wrapping_sub(b'a') < 26;
-        let n = d
-            | (b == b' ')
-            | (b == b'.')
-            | (b == b'-')
-            | (b == b'(')
-            | (b == b')')
-            | (b == b'+')
-            | (b == b'x')
-            | (b == b'e')
-            | (b == b't');
-        digit[i] = 0x80 * u8::from(d);
-        number[i] = 0x80 * u8::from(n);
-        dot[i] = 0x80 * u8::from(b == b'.');
-        letter[i] = 0x80 * u8::from(l);
-        word[i] = 0x80 * u8::from(d | l | (b == b'_'));
-    }
-    Masks {
-        digit: pack(&digit),
-        number: pack(&number),
-        dot: pack(&dot),
-        letter: pack(&letter),
-        word: pack(&word),
-    }
-}
-
-/// A run of number characters that reached the end of the previous chunk.
-#[derive(Clone, Copy)]
-struct Open {
-    start: usize,
-    digits: u32,
-    dots: u32,
+fn word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
 }
 
 /// Call `stretch(start, end)` for every stretch worth matching and `iban(start)` for every
@@ -90,14 +56,8 @@ pub(crate) fn scan(
     mut iban: impl FnMut(usize),
 ) {
     let n = bytes.len();
-    let mut finish = |run: Open, end: usize| {
-        if run.digits >= MIN_DIGITS || (run.digits >= 4 && run.dots >= 3) {
-            stretch(run.start, end);
-        }
-    };
-    let mut open: Option<Open> = None;
-    // Letters and word bytes at the end of the previous chunk (for the IBAN test).
-    let (mut prev_letter, mut prev_word) = (0u64, 0u64);
+    let mut covered = 0; // the stretch of every digit before here is known
+    let mut digit_before = 0u64; // whether the byte before the chunk is a digit
     let mut tail = [0u8; 64];
     let mut base = 0;
     while base < n {
@@ -110,80 +70,70 @@ pub(crate) fn scan(
                 &tail
             }
         };
-        let m = masks(chunk);
-        let count = |bits: u64| (m.digit & bits).count_ones();
-        let dots = |bits: u64| (m.dot & bits).count_ones();
-
-        // IBAN candidates: digit `e` and `e + 1`, letters at `e - 1` and `e - 2`, no word byte
-        // at `e - 3`.
-        let next_digit = u64::from(bytes.get(base + 64).is_some_and(u8::is_ascii_digit)) << 63;
-        let mut ibans = m.digit
-            & ((m.digit >> 1) | next_digit)
-            & ((m.letter << 1) | (prev_letter >> 63))
-            & ((m.letter << 2) | (prev_letter >> 62))
-            & !((m.word << 3) | (prev_word >> 61));
-        while ibans != 0 {
-            let e = base + ibans.trailing_zeros() as usize;
-            ibans &= ibans - 1;
-            iban(e - 2);
+        let block = Block::new(chunk);
+        let digit = block.mask(|v| range(v, b'0', 10));
+        let mut run_starts = digit & !((digit << 1) | digit_before);
+        digit_before = digit >> 63;
+        if run_starts == 0 {
+            base += 64;
+            continue;
         }
-        prev_letter = m.letter;
-        prev_word = m.word;
-
-        // A run carried over from the previous chunk goes on through the leading number bytes.
-        let mut done = 0u64; // bits of runs already handled
-        if let Some(mut run) = open.take() {
-            let len = (!m.number).trailing_zeros() as usize;
-            let seg = ones(len);
-            run.digits += count(seg);
-            run.dots += dots(seg);
-            if len == 64 {
-                open = Some(run);
-                base += 64;
+        let number = block.mask(|v| {
+            range(v, b'0', 10)
+                | range(v, b'(', 2)
+                | range(v, b'-', 2)
+                | eq(v, b' ')
+                | eq(v, b'+')
+                | eq(v, b'x')
+                | eq(v, b'e')
+                | eq(v, b't')
+        });
+        while run_starts != 0 {
+            let j = run_starts.trailing_zeros() as usize;
+            run_starts &= run_starts - 1;
+            let d = base + j;
+            // Two letters after a non-word byte, then two digits.
+            if d >= 2
+                && bytes[d - 1].is_ascii_alphabetic()
+                && bytes[d - 2].is_ascii_alphabetic()
+                && bytes.get(d + 1).is_some_and(u8::is_ascii_digit)
+                && (d == 2 || !word_byte(bytes[d - 3]))
+            {
+                iban(d - 2);
+            }
+            if d < covered {
                 continue;
             }
-            finish(run, base + len);
-            done = seg;
-        }
-        // Runs holding a digit, one per digit not yet covered.
-        let mut digits = m.digit & !done;
-        while digits != 0 {
-            let k = digits.trailing_zeros() as usize;
-            let zeros_below = !m.number & ones(k);
-            let j = if zeros_below == 0 {
-                0
+            // The stretch's bounds: back to its start (no digit lies there: that digit's
+            // stretch would have covered this run), on to its end.
+            let below = !number & ones(j);
+            let s = if below != 0 {
+                base + 64 - below.leading_zeros() as usize
             } else {
-                64 - zeros_below.leading_zeros() as usize
+                let mut s = base;
+                while s > covered && NUMBER[usize::from(bytes[s - 1])] {
+                    s -= 1;
+                }
+                s
             };
-            let len = (!(m.number >> j)).trailing_zeros() as usize;
-            let seg = ones(len) << j;
-            let run = Open {
-                start: base + j,
-                digits: count(seg),
-                dots: dots(seg),
+            let above = !number & !ones(j);
+            let e = if above != 0 {
+                base + above.trailing_zeros() as usize
+            } else {
+                let mut e = base + 64;
+                while e < n && NUMBER[usize::from(bytes[e])] {
+                    e += 1;
+                }
+                e
             };
-            if j + len >= 64 {
-                open = Some(run);
-                break;
+            covered = e;
+            // Seven digits, or four digits and three dots, need seven bytes: shorter
+            // stretches (most ids, prices and times) are not even counted.
+            if e - s >= 7 && worth_matching(&bytes[s..e]) {
+                stretch(s, e);
             }
-            finish(run, base + j + len);
-            digits &= !seg;
-        }
-        // A run without digits (so far) that reaches the chunk's end may get them next.
-        if open.is_none() && m.number >> 63 != 0 {
-            let zeros = !m.number;
-            let j = 64 - zeros.leading_zeros() as usize;
-            let seg = !ones(j);
-            open = Some(Open {
-                start: base + j,
-                digits: count(seg),
-                dots: dots(seg),
-            });
         }
         base += 64;
-    }
-    if let Some(run) = open {
-        finish(run, n);
     }
 }
 
@@ -232,7 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn masks_agree_with_the_byte_definition() {
+    fn scan_agrees_with_the_byte_definition() {
         let alphabet: &[&[u8]] = &[
             b"0",
             b"12",
@@ -272,6 +222,23 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(&text)
             );
+        }
+        // Stretches crossing chunk boundaries in both directions.
+        for lead in 0..70 {
+            for body in [&b"1 "[..], b" .", b"12.", b"e t "] {
+                for reps in [1, 5, 40, 90] {
+                    let mut text = b"ab ".repeat(lead / 3);
+                    text.extend_from_slice(&b"x ".repeat(lead % 7));
+                    for _ in 0..reps {
+                        text.extend_from_slice(body);
+                    }
+                    text.extend_from_slice(b"9 DE89 3704 tail");
+                    let (mut s, mut i) = (Vec::new(), Vec::new());
+                    scan(&text, |a, b| s.push((a, b)), |c| i.push(c));
+                    let text = String::from_utf8_lossy(&text);
+                    assert_eq!((s, i), reference(text.as_bytes()), "{text:?}");
+                }
+            }
         }
     }
 }
