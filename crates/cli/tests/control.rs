@@ -467,6 +467,41 @@ async fn rate_limit_answers_429_with_a_retry_hint() {
     gw.stop().await;
 }
 
+/// `admin.metrics` closes `/metrics` to everyone below the named admin role: no credentials,
+/// a data-plane agent key and a lower admin role are all refused; the role itself scrapes.
+#[tokio::test]
+async fn metrics_scrape_without_the_admin_role_bypass() {
+    let yaml = format!(
+        "admin:\n  tokens:\n    - {{ name: ops, sha256: \"{}\", role: admin }}\n    - {{ name: watcher, sha256: \"{}\", role: viewer }}\n  metrics: approver\n",
+        portcullis_gateway::auth::key_digest_hex(OPS),
+        portcullis_gateway::auth::key_digest_hex(WATCHER),
+    );
+    let gw = gateway_with(&yaml).await;
+    let scrape = |token: Option<&'static str>| {
+        let mut request = gw.http.get(format!("{}/metrics", gw.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, body) = scrape(None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(!body.contains("portcullis_"), "{body}");
+    let (status, body) = scrape(Some(BOB)).await;
+    assert_eq!(status, 403, "an agent key is not an admin role: {body}");
+    let (status, body) = scrape(Some(WATCHER)).await;
+    assert_eq!(status, 403, "viewer is below approver: {body}");
+    let (status, body) = scrape(Some("not-a-token")).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = scrape(Some(OPS)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("portcullis_sessions_active"), "{body}");
+    gw.stop().await;
+}
+
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }

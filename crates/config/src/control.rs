@@ -8,6 +8,7 @@
 //!   roles:                                   # OIDC roles (the principal's `roles`) → admin roles
 //!     admin: ["portcullis:admin"]            # defaults: portcullis:viewer|approver|admin
 //!   task_tokens: { max_ttl: 24h }            # longest lifetime a task token may ask for
+//!   metrics: viewer                          # /metrics needs this admin role (default: public)
 //! limits:
 //!   rate:                                    # every matching entry applies; all must admit
 //!     - { id: bots, agents: ["bot-*"], tools: ["billing__*"], calls: 10, per: 1s, burst: 20, bucket: agent }
@@ -45,6 +46,9 @@ pub struct RawAdmin {
     pub roles: Option<RawAdminRoles>,
     /// Limits on gateway-issued task tokens.
     pub task_tokens: Option<RawTaskTokens>,
+    /// Who may scrape `/metrics`: `public` (default) or the least admin role it needs
+    /// (`viewer`, `approver`, `admin`).
+    pub metrics: Option<String>,
 }
 
 /// One entry of `admin.tokens`.
@@ -192,6 +196,9 @@ pub struct AdminConfig {
     pub role_grants: Vec<(String, AdminRole)>,
     /// The longest lifetime a task token may be issued with.
     pub max_task_ttl: Duration,
+    /// The least admin role `/metrics` needs; `None` leaves it open to anyone who can reach
+    /// the listener (metric labels name agents, servers and tools).
+    pub metrics_role: Option<AdminRole>,
 }
 
 impl Default for AdminConfig {
@@ -204,6 +211,7 @@ impl Default for AdminConfig {
                 ("portcullis:admin".into(), AdminRole::Admin),
             ],
             max_task_ttl: Duration::from_secs(24 * 3600),
+            metrics_role: None,
         }
     }
 }
@@ -350,6 +358,16 @@ pub(crate) fn compile_admin(raw: Option<RawAdmin>, errors: &mut Vec<ConfigError>
             Ok(_) => error("admin.task_tokens.max_ttl".into(), "must be positive"),
             Err(message) => error("admin.task_tokens.max_ttl".into(), &message),
         }
+    }
+    match raw.metrics.as_deref().map(str::trim) {
+        None | Some("public") => {}
+        Some(text) => match AdminRole::parse(text) {
+            Some(role) => config.metrics_role = Some(role),
+            None => error(
+                "admin.metrics".into(),
+                "expected public, viewer, approver or admin",
+            ),
+        },
     }
     config
 }
@@ -537,6 +555,7 @@ mod tests {
         assert_eq!(config.tokens[0].role, AdminRole::Approver);
         assert_eq!(config.tokens[0].sha256, [0xab; 32]);
         assert_eq!(config.max_task_ttl, Duration::from_secs(3600));
+        assert_eq!(config.metrics_role, None, "/metrics is public by default");
         assert_eq!(
             config.role_for(&["idp-admins".into(), "portcullis:viewer".into()]),
             Some(AdminRole::Admin)
@@ -557,7 +576,7 @@ mod tests {
     #[test]
     fn bad_admin_entries_name_their_paths() {
         let (config, errors) = admin(
-            "tokens: [{ name: ops, sha256: nothex, role: root }, { sha256: \"00\" }]\ntask_tokens: { max_ttl: 0 }",
+            "tokens: [{ name: ops, sha256: nothex, role: root }, { sha256: \"00\" }]\ntask_tokens: { max_ttl: 0 }\nmetrics: everyone",
         );
         assert!(config.tokens.is_empty());
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
@@ -570,6 +589,7 @@ mod tests {
                 "admin.tokens[1].sha256: expected 64 hex characters",
                 "admin.tokens[1].role: required (viewer, approver or admin)",
                 "admin.task_tokens.max_ttl: must be positive",
+                "admin.metrics: expected public, viewer, approver or admin",
             ]
         );
     }

@@ -228,8 +228,17 @@ impl Metrics {
 /// `GET /metrics`: the exposition text (sessions counted at scrape time).
 pub async fn scrape(
     axum::extract::State(gateway): axum::extract::State<std::sync::Arc<crate::state::Gateway>>,
+    headers: http::HeaderMap,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    // `admin.metrics` names the least admin role a scraper needs (labels name agents, servers
+    // and tools); without it the endpoint is open, as Prometheus scrapers usually expect.
+    let needed = gateway.runtime().config.admin.metrics_role;
+    if let Some(role) = needed
+        && let Err(error) = crate::admin::require(&gateway, &headers, role).await
+    {
+        return error.into_response();
+    }
     gateway
         .metrics
         .sessions_active
