@@ -690,3 +690,89 @@ async fn relayed_server_requests_discovery_and_listens_are_recorded() {
     assert_eq!(closed.trace_id, opened.trace_id);
     gw.stop().await;
 }
+
+/// A modern client answers a legacy upstream's question (server-everything's sampling request)
+/// in `inputResponses` on its retry: the answer is recorded like a legacy client's. A retry
+/// that leaves the question unanswered is recorded as no answer, never as nothing.
+#[tokio::test]
+async fn a_modern_clients_answer_in_input_responses_is_recorded() {
+    let everything = start_everything().await;
+    let dir = TempDir::new("audit-modern-answer");
+    let db = dir.0.join("gw.db");
+    let gw = gateway_with_servers(
+        &[("ev", format!("{{ url: {} }}", everything.url))],
+        &audit_yaml(&dir.0, &db, ""),
+    )
+    .await;
+    let sampling = json!({"sampling": {}});
+    let call = json!({
+        "name": "ev__trigger-sampling-request",
+        "arguments": {"prompt": "say something", "maxTokens": 20}
+    });
+    let ask = |id: u64| {
+        modern_with(
+            &gw,
+            "/mcp",
+            ALICE,
+            id,
+            "tools/call",
+            call.clone(),
+            sampling.clone(),
+        )
+    };
+    let state_and_key = |answer: &Answer| {
+        let result = &answer.last()["result"];
+        assert_eq!(result["resultType"], "input_required", "{answer:?}");
+        let requests = result["inputRequests"].as_object().expect("inputRequests");
+        let key = requests.keys().next().unwrap().clone();
+        (result["requestState"].clone(), key)
+    };
+
+    let (state, key) = state_and_key(&ask(1).await);
+    let mut retry = call.clone();
+    retry["requestState"] = state;
+    retry["inputResponses"] = json!({ key: {
+        "role": "assistant",
+        "content": {"type": "text", "text": "canned words"},
+        "model": "m",
+        "stopReason": "endTurn"
+    }});
+    let done = modern_with(&gw, "/mcp", ALICE, 2, "tools/call", retry, sampling.clone()).await;
+    assert!(
+        done.last()["result"].to_string().contains("canned words"),
+        "{done:?}"
+    );
+
+    let (state, _) = state_and_key(&ask(3).await);
+    let mut unanswered = call.clone();
+    unanswered["requestState"] = state;
+    unanswered["inputResponses"] = json!({});
+    let _ = modern_with(&gw, "/mcp", ALICE, 4, "tools/call", unanswered, sampling).await;
+
+    let answer_of = |r: &AuditRecord| {
+        r.event.method.as_deref() == Some("sampling/createMessage") && r.event.outcome.is_some()
+    };
+    let r = records_until(&db, |r| r.iter().filter(|r| answer_of(r)).count() >= 2).await;
+    let answers: Vec<_> = r
+        .iter()
+        .filter(|r| answer_of(r))
+        .map(|r| &r.event)
+        .collect();
+    assert_eq!(answers.len(), 2, "one answer record per question: {r:#?}");
+    assert_eq!(answers[0].outcome, Some(Outcome::Ok), "{:?}", answers[0]);
+    assert!(
+        answers[0].bytes_out.is_some_and(|n| n > 0),
+        "{:?}",
+        answers[0]
+    );
+    assert_eq!(answers[0].principal.agent.as_deref(), Some("alice"));
+    assert_eq!(answers[0].server.as_deref(), Some("ev"));
+    assert_eq!(
+        answers[1].outcome,
+        Some(Outcome::Error { code: -32600 }),
+        "the unanswered question: {:?}",
+        answers[1]
+    );
+    gw.stop().await;
+    drop(everything);
+}

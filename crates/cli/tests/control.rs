@@ -360,11 +360,14 @@ async fn agent_cannot_mint_a_task_token_for_another_agent_or_from_a_task_token()
 #[tokio::test]
 async fn expired_task_token_is_refused() {
     let gw = control_gateway().await;
-    // Expiry is a whole Unix second, so a token issued for 2s lives more than 1s and at most
-    // 2s; since calls in flight end at expiry, the first call needs that margin.
-    let (token, _) = issue(&gw, OPS, json!({ "agent": "alice", "ttl": "2s" })).await;
-    assert_eq!(first_text(&call(&gw, &token, "fx__echo").await), "hi");
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Expiry is a whole Unix second, so a token issued for 3s lives more than 2s and at most
+    // 3s; since calls in flight end at expiry, the first call needs that margin on a busy
+    // machine.
+    let (token, _) = issue(&gw, OPS, json!({ "agent": "alice", "ttl": "3s" })).await;
+    let first = call(&gw, &token, "fx__echo").await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first_text(&first), "hi", "{first:?}");
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let answer = call(&gw, &token, "fx__echo").await;
     assert_eq!(answer.status, 401, "{answer:?}");
     assert!(

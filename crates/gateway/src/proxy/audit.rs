@@ -613,8 +613,25 @@ impl QuestionRecord {
             return answer;
         }
         let (relay, relayed) = oneshot::channel();
+        self.relay(answer, relay);
+        relayed
+    }
+
+    /// The same for a modern client, whose answer arrives later in `inputResponses`: returns
+    /// the sender to put it in; it reaches `reply` (the upstream's side) recorded. Dropping the
+    /// sender unused (the question left unanswered, the held call expired) records
+    /// [`NO_ANSWER`].
+    pub fn relay_to(self, reply: oneshot::Sender<Envelope>) -> oneshot::Sender<Envelope> {
+        if !self.trail.is_enabled() {
+            return reply;
+        }
+        let (answer_tx, answer_rx) = oneshot::channel();
+        self.relay(answer_rx, reply);
+        answer_tx
+    }
+
+    fn relay(self, answer: oneshot::Receiver<Envelope>, mut relay: oneshot::Sender<Envelope>) {
         tokio::spawn(async move {
-            let mut relay = relay;
             tokio::select! {
                 answer = answer => match answer {
                     Ok(answer) => {
@@ -626,7 +643,6 @@ impl QuestionRecord {
                 () = relay.closed() => self.record(None),
             }
         });
-        relayed
     }
 
     fn record(mut self, answer: Option<&Envelope>) {

@@ -637,6 +637,14 @@ fn refusal(method: &str, why: &str) -> ProxyError {
 
 /// Holds the call for a modern client and returns the `input_required` result to send it.
 fn hold(ctx: &Ctx, flow: Flow, request: Envelope, reply: oneshot::Sender<Envelope>) -> Envelope {
+    let record = super::audit::QuestionRecord::new(
+        &ctx.gateway.audit,
+        &ctx.principal,
+        ctx.session.as_ref().map(|s| &*s.id),
+        &ctx.server,
+        &request,
+    );
+    let reply = record.relay_to(reply);
     let key = "q1".to_owned();
     let question = serde_json::json!({
         "method": request.method().unwrap_or_default(),
