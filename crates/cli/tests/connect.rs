@@ -390,14 +390,8 @@ async fn stdin_eof_exits_zero() {
 }
 
 fn peers_python() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let python = root.join(".mcp-peers/venv/bin/python");
-    assert!(
-        python.exists(),
-        "the official Python MCP SDK is missing ({}); run scripts/install-peers.sh first (scripts/test.sh does)",
-        python.display()
-    );
-    python
+    // `$PORTCULLIS_PEERS`, else the repo's `.mcp-peers` (the test fails if it is missing).
+    peers().python()
 }
 
 /// The official Python SDK's stdio client launches `portcullis connect` as its server.

@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use portcullis_core::sse::{SseEvent, SseParser};
@@ -377,21 +376,8 @@ async fn server_requests_go_out_on_the_stream_and_answers_come_back() {
 /// The MCP Inspector CLI (from `.mcp-peers`) as an old HTTP+SSE client.
 #[tokio::test]
 async fn mcp_inspector_cli_over_http_sse() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let peers = root.join(".mcp-peers/peers.json");
-    let peers: Value = match std::fs::read(&peers) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap(),
-        Err(error) => panic!(
-            "{}: {error}; run scripts/install-peers.sh first (scripts/test.sh does)",
-            peers.display()
-        ),
-    };
-    let path_of =
-        |key: &str| {
-            PathBuf::from(peers[key].as_str().unwrap_or_else(|| {
-                panic!("peers.json lacks {key}; rerun scripts/install-peers.sh")
-            }))
-        };
+    let peers = peers();
+    let path_of = |key: &str| peers.path(key, key);
     let inspector = path_of("INSPECTOR");
     let node_bin = path_of("NODE22_BIN");
     let run_dir = path_of("PEERS_RUN");
