@@ -127,7 +127,17 @@ pub fn config_yaml(
 pub fn fresh_store_path() -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!("portcullis-tests-{}", std::process::id()));
+    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    // The process id alone is not unique over time: nextest runs each test in its own process,
+    // and a recycled pid would reopen an earlier run's store, records and all.
+    let started = STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    });
+    let dir =
+        std::env::temp_dir().join(format!("portcullis-tests-{}-{started}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir.join(format!("store-{}.db", NEXT.fetch_add(1, Ordering::Relaxed)))
 }
