@@ -220,6 +220,13 @@ impl TlsGateway {
             .unwrap()
     }
 
+    /// `fx__add` with no bearer token: the client certificate is the only credential.
+    async fn add_with_certificate_only(&self, client: &reqwest::Client) -> Value {
+        self.call(client, None, "fx__add", json!({"a": 1, "b": 2}))
+            .await
+            .expect("the TLS handshake succeeds")
+    }
+
     /// A modern `tools/call` of `tool` over HTTPS, with an optional bearer token.
     async fn call(
         &self,
@@ -312,10 +319,7 @@ async fn valid_client_cert_names_the_agent_that_policy_sees() {
         .unwrap();
     assert!(ok.get("result").is_some(), "{ok}");
     // The certificate's agent gets only what its rule allows.
-    let denied = gw
-        .call(&client, None, "fx__add", json!({"a": 1, "b": 2}))
-        .await
-        .unwrap();
+    let denied = gw.add_with_certificate_only(&client).await;
     assert_denied(&denied, "for agent cert-agent");
     // Another valid certificate names another agent, which no rule allows.
     let other = gw.client(Some(gw.client_ca.client("intruder")));
@@ -448,10 +452,7 @@ async fn san_uri_identity_names_the_agent_by_its_first_uri_san() {
         .await
         .unwrap();
     assert!(ok.get("result").is_some(), "{ok}");
-    let denied = gw
-        .call(&client, None, "fx__add", json!({"a": 1, "b": 2}))
-        .await
-        .unwrap();
+    let denied = gw.add_with_certificate_only(&client).await;
     assert_denied(&denied, &format!("for agent {SPIFFE_AGENT}"));
     gw.stop().await;
 }
@@ -492,10 +493,7 @@ async fn san_dns_identity_names_the_agent_by_its_first_dns_san() {
         .await
         .unwrap();
     assert!(ok.get("result").is_some(), "{ok}");
-    let denied = gw
-        .call(&client, None, "fx__add", json!({"a": 1, "b": 2}))
-        .await
-        .unwrap();
+    let denied = gw.add_with_certificate_only(&client).await;
     assert_denied(&denied, "for agent billing.agents.example");
     // Without a DNS SAN (a URI one only) the certificate names nobody.
     let no_dns = gw.client_ca.client_with(
@@ -528,28 +526,16 @@ async fn roles_from_ou_gives_the_subject_ou_as_a_role() {
         .client_ca
         .client_with("ou-agent", Some("payments"), vec![]);
     let ok = gw
-        .call(
-            &gw.client(Some(payments)),
-            None,
-            "fx__add",
-            json!({"a": 2, "b": 3}),
-        )
-        .await
-        .unwrap();
+        .add_with_certificate_only(&gw.client(Some(payments)))
+        .await;
     assert!(ok.get("result").is_some(), "{ok}");
     // Another OU is another role: the same agent name is denied.
     let marketing = gw
         .client_ca
         .client_with("ou-agent", Some("marketing"), vec![]);
     let denied = gw
-        .call(
-            &gw.client(Some(marketing)),
-            None,
-            "fx__add",
-            json!({"a": 2, "b": 3}),
-        )
-        .await
-        .unwrap();
+        .add_with_certificate_only(&gw.client(Some(marketing)))
+        .await;
     assert_denied(&denied, "for agent ou-agent");
     gw.stop().await;
 }
@@ -562,14 +548,8 @@ async fn subject_ou_is_not_a_role_unless_roles_from_ou_bypass() {
         .client_ca
         .client_with("ou-agent", Some("payments"), vec![]);
     let denied = gw
-        .call(
-            &gw.client(Some(payments)),
-            None,
-            "fx__add",
-            json!({"a": 2, "b": 3}),
-        )
-        .await
-        .unwrap();
+        .add_with_certificate_only(&gw.client(Some(payments)))
+        .await;
     assert_denied(&denied, "for agent ou-agent");
     gw.stop().await;
 }
