@@ -11,11 +11,12 @@
 //!
 //! How an append is written:
 //!
-//! - **On the caller's thread** (`sync: normal`, nobody else writing, nothing queued): the
-//!   record is linked and written by one `INSERT` in autocommit (a transaction with a
-//!   checkpoint when one is due), without waiting for SQLite's write lock: if another
-//!   connection holds it (the control plane shares the file), the record is queued instead.
-//!   No fsync happens here, so the caller is held for tens of µs.
+//! - **On the caller's thread** (`sync: normal`, nobody else writing, nothing queued, appends
+//!   not arriving as a dense stream, see [`INLINE_MIN_GAP`]): the record is linked and written
+//!   by one `INSERT` in autocommit (a transaction with a checkpoint when one is due), without
+//!   waiting for SQLite's write lock: if another connection holds it (the control plane
+//!   shares the file), the record is queued instead. No fsync happens here, so the caller is
+//!   held for tens of µs.
 //! - **On the writer's thread** otherwise: appends that arrive while a commit is running (or
 //!   with `sync: full`, whose fsync must not block an async worker, if this engine is used for
 //!   it; the writer picks the task engine for `full`) are queued in order and
@@ -62,10 +63,17 @@ const WAL_RESTART_EVERY: u64 = 4;
 /// How often the WAL thread looks for the gate when it wants to close it.
 const GATE_POLL: Duration = Duration::from_micros(200);
 
-/// Appends closer together than this (or than twice the recent cost of a commit on a
-/// caller's thread, if larger) go to the group commit even when the writer is idle: committing
-/// each of a burst on its caller's thread would serialize them one commit each.
+/// When appends arrive on average closer together than this (more than 10,000 a second, each
+/// commit costing tens of µs), they go to the group commit even when the writer is idle:
+/// committing each of a dense stream on its caller's thread would serialize them one commit
+/// each. The average gap, not the last one, decides: a call's outcome record follows its
+/// decision record after one upstream round trip, and sending every such second record through
+/// the writer's thread costs two thread wake-ups where it saves nothing.
 const INLINE_MIN_GAP: Duration = Duration::from_micros(100);
+
+/// A pause longer than this counts as this long in the average gap, so that an idle minute
+/// does not keep the first seconds of a burst committing one by one.
+const GAP_CAP: Duration = Duration::from_millis(5);
 
 /// One record, `?` placeholders in [`crate::store`]'s column order.
 const INSERT_RECORD: &str = "INSERT INTO audit_records (chain_id, seq, prev_hash, hash, time_us, \
@@ -119,8 +127,8 @@ struct State {
     wal_thread: bool,
     /// When the last append was submitted.
     last_submit: Instant,
-    /// Moving average of a commit on a caller's thread.
-    inline_cost: Duration,
+    /// Moving average of the gap between appends (each gap capped at [`GAP_CAP`]).
+    mean_gap: Duration,
 }
 
 impl State {
@@ -186,7 +194,7 @@ impl DirectWriter {
                 wal_running: false,
                 wal_thread: file.durability == Durability::Normal,
                 last_submit: Instant::now(),
-                inline_cost: INLINE_MIN_GAP / 2,
+                mean_gap: GAP_CAP,
             }),
             wake: Condvar::new(),
             db: Mutex::new(db),
@@ -272,9 +280,10 @@ impl DirectWriter {
             return Err(stopped());
         }
         let now = Instant::now();
-        let sparse =
-            now.duration_since(state.last_submit) >= INLINE_MIN_GAP.max(state.inline_cost * 2);
+        let gap = now.duration_since(state.last_submit).min(GAP_CAP);
+        state.mean_gap = (state.mean_gap * 7 + gap) / 8;
         state.last_submit = now;
+        let sparse = state.mean_gap >= INLINE_MIN_GAP;
         if !inline || !sparse || state.committing || !state.queue.is_empty() {
             let (ack, done) = oneshot::channel();
             state.queue.push_back(Queued {
@@ -297,13 +306,11 @@ impl DirectWriter {
             shared: &self.shared,
             pages: 0,
             requeue: None,
-            cost: None,
         };
         let result = self.shared.db().commit(vec![event], Wait::No);
         match result {
             Ok(appended) => {
                 gate.pages = pages_written(1);
-                gate.cost = Some(now.elapsed());
                 Ok(PendingAppend::done(
                     appended.into_iter().next().ok_or_else(stopped),
                 ))
@@ -344,8 +351,6 @@ struct Gate<'a> {
     shared: &'a Shared,
     pages: u64,
     requeue: Option<Queued>,
-    /// How long the commit took.
-    cost: Option<Duration>,
 }
 
 impl Drop for Gate<'_> {
@@ -353,9 +358,6 @@ impl Drop for Gate<'_> {
         let mut state = self.shared.state();
         state.committing = false;
         let checkpoint_wal = state.wrote(self.pages);
-        if let Some(cost) = self.cost {
-            state.inline_cost = (state.inline_cost * 3 + cost) / 4;
-        }
         if let Some(queued) = self.requeue.take() {
             state.queue.push_front(queued);
         }

@@ -100,6 +100,12 @@ impl PendingAppend {
         Self(Pending::Queued(done))
     }
 
+    /// Was the record committed (or refused) before `enqueue` returned, on the caller's
+    /// thread, rather than queued for the writer's group commit?
+    pub fn settled_on_enqueue(&self) -> bool {
+        matches!(self.0, Pending::Done(_))
+    }
+
     /// Waits until the record is committed (or its batch failed).
     pub async fn durable(self) -> Result<Appended, AppendError> {
         match self.0 {

@@ -260,6 +260,40 @@ async fn wal_is_copied_into_the_database_file() {
 }
 
 /// After shutdown nothing is accepted, and the error says the writer stopped.
+/// Regression: a call's outcome record follows its decision record after one upstream round
+/// trip. The direct writer used to queue an append for its thread whenever the last gap was
+/// short next to twice a cost estimate that only inline commits updated: one slow commit (here
+/// a 4 MiB record) raised the estimate, every later append was queued, and the estimate never
+/// came down, so each record paid two thread wake-ups for good. Appends spaced like calls at
+/// 1,000 a second are committed on the caller's thread whatever came before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_paced_appends_after_one_slow_commit_stay_on_the_callers_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = sqlite(&dir, "paced.db", Durability::Normal).await;
+    let writer = AuditWriter::start(store.clone(), config("paced", true), Some(signer()))
+        .await
+        .expect("writer");
+    let mut big = event(1);
+    big.rule_id = Some("x".repeat(4 << 20));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    writer.append(big).await.expect("big append");
+    let mut inline = 0;
+    for i in 2..=61 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let pending = writer.enqueue(event(i)).await.expect("enqueue");
+        inline += usize::from(pending.settled_on_enqueue());
+        pending.durable().await.expect("durable");
+    }
+    assert!(
+        inline >= 55,
+        "only {inline} of 60 paced appends committed inline"
+    );
+    writer.shutdown().await.expect("shutdown");
+    let stored = records(&store, "paced").await;
+    assert_eq!(stored.len(), 61);
+    assert!(stored.iter().zip(1..).all(|(r, seq)| r.seq == seq));
+}
+
 #[tokio::test]
 async fn appends_after_shutdown_are_refused() {
     let dir = tempfile::tempdir().unwrap();
