@@ -148,7 +148,7 @@ impl CueSet {
 
     /// Normalize `text` and find this set's anchors with its own lexicon.
     fn prepare(&self, text: &str) -> (View, Vec<Hit>) {
-        let view = View::of(text);
+        let view = View::of(text, &self.lexicon);
         let mut hits = Vec::new();
         self.lexicon
             .find(text.as_bytes(), &view, |_| true, &mut hits);

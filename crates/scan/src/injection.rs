@@ -360,7 +360,7 @@ impl InjectionDetector {
 
     /// Findings for one text (empty when below the threshold).
     pub fn scan(&self, text: &str) -> Vec<Finding> {
-        let view = View::of(text);
+        let view = View::of(text, &self.lexicon);
         let lower = view.lower();
         let mut hits = Vec::new();
         self.lexicon
@@ -399,7 +399,7 @@ impl InjectionDetector {
 
     /// The raw cue score, for threshold sweeps.
     pub fn score(&self, text: &str) -> u32 {
-        let view = View::of(text);
+        let view = View::of(text, &self.lexicon);
         let lower = view.lower();
         let mut hits = Vec::new();
         self.lexicon

@@ -197,14 +197,16 @@ pub struct Scanner {
     metadata: prefilter::Lexicon,
 }
 
-/// A text prepared once for several detectors: its normalized view and anchor hits.
+/// A text prepared once for several detectors: its normalized view (with the class masks of
+/// its chunks) and anchor hits.
 #[derive(Default)]
 struct Prepared {
     view: prefilter::View,
     hits: Vec<prefilter::Hit>,
 }
 
-/// Largest normalized-view buffer a thread keeps between scans.
+/// Largest normalized-view buffer a thread keeps between scans (its class masks take as many
+/// bytes again).
 const RETAINED_BUFFER: usize = 1 << 20;
 
 thread_local! {
@@ -216,7 +218,7 @@ thread_local! {
 /// if they are already in use further up the stack).
 fn with_prepared<R>(text: &str, lexicon: &prefilter::Lexicon, f: impl FnOnce(&Prepared) -> R) -> R {
     let fill = |p: &mut Prepared| {
-        p.view.fill(text);
+        p.view.fill(text, lexicon);
         p.hits.clear();
         lexicon.find(text.as_bytes(), &p.view, |_| true, &mut p.hits);
     };
@@ -224,9 +226,11 @@ fn with_prepared<R>(text: &str, lexicon: &prefilter::Lexicon, f: impl FnOnce(&Pr
         Ok(mut p) => {
             fill(&mut p);
             let out = f(&p);
-            // Keep no more than 1 MiB per thread after an unusually large text.
+            // Keep no more than 1 MiB of view (and 1 MiB of masks) per thread after an
+            // unusually large text: shrunk, not freed, so that the next large text does not
+            // fault all of its buffers in again.
             if p.view.capacity() > RETAINED_BUFFER {
-                p.view = prefilter::View::default();
+                p.view.shrink_to(RETAINED_BUFFER);
                 p.hits = Vec::new();
             }
             out
@@ -287,7 +291,7 @@ impl Scanner {
         if !p.view.is_ascii() {
             unicode::scan_invisible(text, &mut out);
         }
-        decode::scan_encoded(text, &mut out, |decoded| {
+        decode::scan_encoded_with(text, p.view.masks(), &mut out, |decoded| {
             !self.injection.scan(decoded).is_empty()
         });
         out
@@ -296,7 +300,7 @@ impl Scanner {
     /// Personal data.
     pub fn pii(&self, text: &str) -> Vec<Finding> {
         let mut out = with_prepared(text, &self.arguments, |p| {
-            self.pii.scan_prepared(text, &p.hits)
+            self.pii.scan_prepared(text, &p.hits, p.view.masks())
         });
         sort(&mut out);
         out
@@ -318,7 +322,10 @@ impl Scanner {
             Surface::ToolMetadata => return self.poisoning(text),
             Surface::ToolResult => with_prepared(text, &self.results, |p| {
                 let mut out = self.injection_prepared(text, p);
-                append(&mut out, self.pii.scan_prepared(text, &p.hits));
+                append(
+                    &mut out,
+                    self.pii.scan_prepared(text, &p.hits, p.view.masks()),
+                );
                 append(&mut out, self.secrets.scan_prepared(text, &p.hits));
                 out
             }),
@@ -327,7 +334,10 @@ impl Scanner {
                 if !p.view.is_ascii() {
                     unicode::scan_invisible(text, &mut out);
                 }
-                append(&mut out, self.pii.scan_prepared(text, &p.hits));
+                append(
+                    &mut out,
+                    self.pii.scan_prepared(text, &p.hits, p.view.masks()),
+                );
                 append(&mut out, self.secrets.scan_prepared(text, &p.hits));
                 out
             }),
@@ -392,6 +402,28 @@ mod tests {
         assert_eq!(char_span(t, 2, 2), (1, 3));
         assert_eq!(char_span(t, 0, 100), (0, t.len()));
         assert_eq!(char_span(t, 1, 2), (1, 3));
+    }
+
+    #[test]
+    fn buffers_stay_usable_after_a_large_text() {
+        let scanner = Scanner::new().unwrap();
+        let small = "mail jane.doe@example.com or call +44 20 7946 0958";
+        let want = scanner.scan(small, Surface::ToolResult);
+        assert_eq!(want.len(), 2);
+        // Over the retained 1 MiB: the buffers are shrunk after this scan.
+        let large = format!("{}{small}", "word ".repeat(220_000));
+        let offset = large.len() - small.len();
+        for _ in 0..2 {
+            let found = scanner.scan(&large, Surface::ToolResult);
+            let moved: Vec<(&str, usize, usize)> = found
+                .iter()
+                .map(|f| (f.rule, f.start - offset, f.end - offset))
+                .collect();
+            let expected: Vec<(&str, usize, usize)> =
+                want.iter().map(|f| (f.rule, f.start, f.end)).collect();
+            assert_eq!(moved, expected);
+            assert_eq!(scanner.scan(small, Surface::ToolResult), want);
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod stretches;
 
 use regex::bytes::Regex;
 
+use crate::bytemask::{ChunkMasks, TextMasks};
 use crate::prefilter::{self, Hit, Lexicon, Owner, View};
 
 use crate::{Category, Finding, ScanError, Severity, bytes_regex, char_span};
@@ -64,11 +65,11 @@ impl PiiDetector {
 
     /// Every PII finding in `text`.
     pub fn scan(&self, text: &str) -> Vec<Finding> {
-        let view = View::of(text);
+        let view = View::of(text, &self.lexicon);
         let mut hits = Vec::new();
         self.lexicon
             .find(text.as_bytes(), &view, |_| true, &mut hits);
-        self.scan_prepared(text, &hits)
+        self.scan_prepared(text, &hits, view.masks())
     }
 
     /// Keywords of the date-of-birth and passport patterns and the `@` of emails, for the
@@ -82,8 +83,13 @@ impl PiiDetector {
         .into_iter()
     }
 
-    /// As [`PiiDetector::scan`], with keyword hits from the shared prefilter.
-    pub(crate) fn scan_prepared(&self, text: &str, hits: &[Hit]) -> Vec<Finding> {
+    /// As [`PiiDetector::scan`], with keyword hits and class masks from the shared prefilter.
+    pub(crate) fn scan_prepared(
+        &self,
+        text: &str,
+        hits: &[Hit],
+        masks: &TextMasks,
+    ) -> Vec<Finding> {
         let bytes = text.as_bytes();
         let mut out = Vec::new();
         // Emails: the pattern around each `@` (a local part is at most 64 bytes).
@@ -120,7 +126,7 @@ impl PiiDetector {
         }
         // IBAN candidates are rare in ordinary text: no allocation unless there is one.
         let mut iban_candidates: Vec<usize> = Vec::new();
-        self.numeric_runs(text, &mut out, &mut |c| iban_candidates.push(c));
+        self.numeric_runs(text, masks, &mut out, &mut |c| iban_candidates.push(c));
         let mut iban_done = 0;
         let mut try_iban = |c: usize, out: &mut Vec<Finding>| {
             if c < iban_done {
@@ -147,7 +153,7 @@ impl PiiDetector {
             try_iban(c, &mut out);
         }
         let mut ipv6_done = 0;
-        for (s, e) in ipv6_windows(bytes) {
+        for (s, e) in ipv6_windows(bytes, masks) {
             let mut from = s.max(ipv6_done);
             while let Some(m) = self.ipv6.find_at(&bytes[..e], from) {
                 let cand = &text[m.start()..m.end()];
@@ -214,10 +220,17 @@ impl PiiDetector {
     /// whole text would give them, but looked for only inside stretches of number characters
     /// (every match lies within one) that hold enough digits for `classify_numeric` to keep
     /// anything; IBAN candidates go to `iban`.
-    fn numeric_runs(&self, text: &str, out: &mut Vec<Finding>, iban: &mut impl FnMut(usize)) {
+    fn numeric_runs(
+        &self,
+        text: &str,
+        masks: &TextMasks,
+        out: &mut Vec<Finding>,
+        iban: &mut impl FnMut(usize),
+    ) {
         let bytes = text.as_bytes();
         stretches::scan(
             bytes,
+            masks,
             |s, e| {
                 let mut pos = s;
                 while let Some((ms, me)) = matchers::numeric_find(bytes, pos, e) {
@@ -249,6 +262,13 @@ impl PiiDetector {
             } else {
                 break;
             }
+        }
+        // A date (or a timestamp) is none of the numbers below: no IPv4 address (four parts
+        // split by dots only), SSN (3-2-4 digits, or split at spaces) or card number (12 or
+        // more digits, split uniformly by spaces or dashes) has three date-shaped parts
+        // before its first space. Looked at first, as dates are the most common runs.
+        if is_date_like(run) {
+            return;
         }
         // One pass for the digits, their groups and what separates them.
         let stats = RunStats::of(run);
@@ -296,9 +316,6 @@ impl PiiDetector {
                 start,
                 end,
             );
-            return;
-        }
-        if is_date_like(run) {
             return;
         }
         // A phone keyword in the 40 bytes before: looked for only when nothing else decides.
@@ -390,9 +407,24 @@ const PASSPORT_ITEM: u16 = 1;
 const EMAIL_ITEM: u16 = 2;
 
 /// Windows that may hold an IPv6 address: around a `::`, or a chain of at least seven
-/// colons joining groups of one to four hex digits.
-fn ipv6_windows(bytes: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let mut colons = memchr::memchr_iter(b':', bytes);
+/// colons joining groups of one to four hex digits (`masks` are those of `bytes`).
+fn ipv6_windows<'a>(
+    bytes: &'a [u8],
+    masks: &'a TextMasks,
+) -> impl Iterator<Item = (usize, usize)> + 'a {
+    // Only a colon followed by a colon or a letter or digit can start a `::` or a chain (the
+    // next chunk's first byte is not known here: a colon at the end counts).
+    let starts = |m: &ChunkMasks| m.colon & ((m.colon | m.letter | m.digit) >> 1 | 1 << 63);
+    let (mut k, mut bits) = (0, masks.chunks.first().map_or(0, starts));
+    let mut colons = std::iter::from_fn(move || {
+        while bits == 0 {
+            k += 1;
+            bits = starts(masks.chunks.get(k)?);
+        }
+        let j = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        Some(64 * k + j)
+    });
     let mut done_to = 0;
     std::iter::from_fn(move || {
         for c in colons.by_ref() {

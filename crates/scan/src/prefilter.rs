@@ -2,7 +2,7 @@
 //! the anchors of every detector, so that most bytes of ordinary text are touched a few times in
 //! total instead of once per pattern.
 //!
-//! - **Normalized view** ([`normalize_into`]): the text, same length, ASCII lowercased, with
+//! - **Normalized view** ([`normalize_padded`]): the text, same length, ASCII lowercased, with
 //!   escaped control sequences (`\n`, `\r`, `\t` written as two characters, as they appear in
 //!   JSON- or YAML-escaped tool output) replaced by spaces. Offsets into it are offsets into the
 //!   text, so spans need no mapping. Cue patterns run on this view, which is why a `\n` written
@@ -25,7 +25,7 @@
 use crate::ScanError;
 use wide::u8x16;
 
-use crate::bytemask::{Block, eq, range};
+use crate::bytemask::{Block, ChunkMasks, TextMasks, eq, range};
 
 /// Which detector an anchor belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +61,8 @@ const WORD: [bool; 256] = {
     t
 };
 
-/// [`WORD`] as arithmetic on a lowercased byte (vectorizes where a table lookup does not).
-#[inline(always)]
+/// [`WORD`] on a lowercased byte: the definition the word masks follow.
+#[cfg(test)]
 fn is_word(b: u8) -> bool {
     b.wrapping_sub(b'a') < 26 || b.wrapping_sub(b'0') < 10 || b == b'_' || b >= 0x80
 }
@@ -307,23 +307,12 @@ impl Lexicon {
         let mut pos = 0; // bytes before `pos` belong to words already handled
         let mut base = 0;
         let mut symbol_hits = false;
-        let mut tail_text = [0u8; 64];
+        let mut k = 0; // the chunk at `base`
         while base < n {
-            // The view is padded; the last chunk of the original text is copied (zero-padded:
-            // a zero byte is in no class).
-            let Some(Ok(lo)) = padded.get(base..base + 64).map(<&[u8; 64]>::try_from) else {
-                break;
-            };
-            let up: &[u8; 64] = match text.get(base..base + 64).map(<&[u8; 64]>::try_from) {
-                Some(Ok(t)) => t,
-                _ => {
-                    let tail = text.get(base..).unwrap_or(&[]);
-                    let k = tail.len().min(64);
-                    tail_text[..k].copy_from_slice(&tail[..k]);
-                    &tail_text
-                }
-            };
-            let c = classes(lo, up, &self.symbol_firsts);
+            // The masks of the text and of the view were taken when the view was written
+            // (for this lexicon's symbols).
+            let c = classes(view.masks.chunk(k));
+            k += 1;
             let mut m = c.word;
             if pos > base {
                 m &= (!0u64).checked_shl((pos - base) as u32).unwrap_or(0);
@@ -349,10 +338,16 @@ impl Lexicon {
                 let s = base + j;
                 let mut len = (!(m >> j)).trailing_zeros() as usize;
                 if j + len >= 64 {
-                    len += lower[base + 64..]
-                        .iter()
-                        .position(|&b| !is_word(b))
-                        .unwrap_or(n - base - 64);
+                    // On through the word masks of the next chunks (zero past the text).
+                    let mut next = k;
+                    loop {
+                        let more = view.masks.chunk(next).word.trailing_ones() as usize;
+                        len += more;
+                        next += 1;
+                        if more < 64 {
+                            break;
+                        }
+                    }
                     pos = s + len;
                 }
                 if len < 2 {
@@ -364,10 +359,11 @@ impl Lexicon {
                         len >= 8 && c.upper >> (j + 1) & ones(len - 1) != 0,
                     )
                 } else {
-                    let word = &lower[s..s + len];
+                    // A word holds no escape, so its uppercase letters are where it differs
+                    // from the text.
                     (
-                        word.contains(&b'_'),
-                        len >= 8 && text.get(s + 1..s + len) != Some(&word[1..]),
+                        view.masks.any(|m| m.under, s, s + len),
+                        len >= 8 && view.masks.any(|m| m.upper, s + 1, s + len),
                     )
                 };
                 self.word(text, lower, (s, len), (under, humps), &mut |p, t, part| {
@@ -382,7 +378,11 @@ impl Lexicon {
                 let first = lower[p];
                 for (symbol, t) in &self.symbols {
                     // The first byte decides most (and needs no call to `memcmp`).
-                    if symbol.first() == Some(&first) && lower[p..].starts_with(symbol) {
+                    if symbol.first() == Some(&first)
+                        && lower
+                            .get(p..p + symbol.len())
+                            .is_some_and(|w| w.iter().zip(symbol).all(|(a, b)| a == b))
+                    {
                         push(p, *t, false, out);
                         symbol_hits = true;
                     }
@@ -407,12 +407,16 @@ impl Lexicon {
         let ge4 = ge3 & (m >> 3);
         let ge5 = ge4 & (m >> 4);
         let ge8 = ge5 & (m >> 5) & (m >> 6) & (m >> 7);
+        // In bounds: the padding covers a chunk and eight bytes more.
+        let window: &[u8; 72] = match padded.get(base..base + 72).map(<&[u8; 72]>::try_from) {
+            Some(Ok(w)) => w,
+            _ => &[0; 72],
+        };
         let first8 = |j: usize| {
-            // In bounds: the padding covers a chunk and eight bytes more.
-            padded
-                .get(base + j..base + j + 8)
-                .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                .map_or(0, u64::from_le_bytes)
+            let j = j & 63;
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&window[j..j + 8]);
+            u64::from_le_bytes(b)
         };
         let group = |mut bits: u64, shape: &dyn Fn(u64) -> usize| {
             let mut pass = 0u64;
@@ -562,27 +566,36 @@ impl SymbolFirsts {
     }
 }
 
-/// The class masks of one chunk: `lo` of the normalized view, `up` of the original text.
+/// The view's classes of one chunk `l` of the normalized view, into `m`.
+fn view_classes(l: &Block, firsts: &SymbolFirsts, m: &mut ChunkMasks) {
+    m.under = l.mask(|v| eq(v, b'_'));
+    m.word = l.mask(|v| range(v, b'a', 26) | range(v, b'0', 10) | eq(v, b'_') | v);
+    m.symbol = symbol_starts(l, firsts);
+}
+
+/// The symbol starts (`firsts`) in one chunk `l` of the normalized view.
 #[inline(always)]
-fn classes(lo: &[u8; 64], up: &[u8; 64], firsts: &SymbolFirsts) -> Classes {
-    let l = Block::new(lo);
-    let under = l.mask(|v| eq(v, b'_'));
-    let word = l.mask(|v| range(v, b'a', 26) | range(v, b'0', 10) | eq(v, b'_') | v);
-    let upper = Block::new(up).mask(|v| range(v, b'A', 26));
-    let digit = l.mask(|v| range(v, b'0', 10));
-    let symbol = match firsts {
-        SymbolFirsts::Few(f) => f.iter().fold(0, |m, &c| m | l.mask(|v| eq(v, c))),
-        SymbolFirsts::Many(t) => lo
+fn symbol_starts(l: &Block, firsts: &SymbolFirsts) -> u64 {
+    match firsts {
+        SymbolFirsts::Few(f) => l.mask(|v| f.iter().fold(u8x16::splat(0), |m, &c| m | eq(v, c))),
+        SymbolFirsts::Many(t) => l
+            .bytes()
             .iter()
             .enumerate()
             .fold(0, |m, (i, &b)| m | (u64::from(t[usize::from(b)]) << i)),
-    };
+    }
+}
+
+/// The class masks of one chunk, as taken when the view was written (normalizing changes no
+/// digit and no uppercase letter of the text).
+#[inline(always)]
+fn classes(m: ChunkMasks) -> Classes {
     Classes {
-        word,
-        under,
-        upper,
-        symbol,
-        digit,
+        word: m.word,
+        under: m.under,
+        upper: m.upper,
+        symbol: m.symbol,
+        digit: m.digit,
     }
 }
 
@@ -628,29 +641,36 @@ fn slot_of(key: u64, shift: u32) -> usize {
 /// and eight bytes more for a word's first bytes.
 const PADDING: usize = 64 + 8;
 
-/// The normalized view of a text ([`normalize_into`]), kept in a buffer with [`PADDING`] zero
-/// bytes after it, so that the word pass reads whole 64-byte chunks without copying the last.
+/// The normalized view of a text ([`normalize_padded`]), kept in a buffer with [`PADDING`] zero
+/// bytes after it (so that the word pass reads a word's first bytes without a bounds test),
+/// and the class masks of the text and of the view, taken in the same pass.
 #[derive(Default)]
 pub(crate) struct View {
     buf: Vec<u8>,
     len: usize,
+    /// The class masks of the original text, taken while writing the view.
+    masks: TextMasks,
     /// Whether the text is all ASCII (then it holds no invisible or homoglyph characters).
     ascii: bool,
 }
 
 impl View {
-    /// A view of `text`.
-    pub fn of(text: &str) -> Self {
+    /// A view of `text`, for a word pass of `lexicon`.
+    pub fn of(text: &str, lexicon: &Lexicon) -> Self {
         let mut v = View::default();
-        v.fill(text);
+        v.fill(text, lexicon);
         v
     }
 
-    /// Make this the view of `text`, reusing the buffer.
-    pub fn fill(&mut self, text: &str) {
-        self.ascii = normalize_into(text, &mut self.buf);
-        self.len = self.buf.len();
-        self.buf.resize(self.len + PADDING, 0);
+    /// Make this the view of `text` for a word pass of `lexicon`, reusing the buffers.
+    pub fn fill(&mut self, text: &str, lexicon: &Lexicon) {
+        self.ascii = normalize_padded(text, &mut self.buf, &mut self.masks, &lexicon.symbol_firsts);
+        self.len = text.len();
+    }
+
+    /// The class masks of the original text.
+    pub fn masks(&self) -> &TextMasks {
+        &self.masks
     }
 
     /// Whether the text is all ASCII.
@@ -668,49 +688,100 @@ impl View {
         &self.buf
     }
 
-    /// Bytes held by the buffer.
+    /// Empty the view and keep no more than `bytes` of buffer (and of masks).
+    pub fn shrink_to(&mut self, bytes: usize) {
+        self.buf.clear();
+        self.buf.shrink_to(bytes);
+        self.len = 0;
+        self.masks.clear();
+        self.masks
+            .chunks
+            .shrink_to(bytes / std::mem::size_of::<ChunkMasks>());
+        self.ascii = true;
+    }
+
+    /// Bytes held by the view's buffer (its masks hold as many again: 64 bytes per chunk).
     pub fn capacity(&self) -> usize {
         self.buf.capacity()
     }
 }
 
-/// Write the normalized view of `text` into `buf` (cleared first): same length, ASCII
-/// lowercased, escaped `\n`, `\r`, `\t` (backslash + letter) turned into two spaces. Returns
-/// whether the text is all ASCII.
+/// [`normalize_padded`] without the padding.
+#[cfg(test)]
 pub(crate) fn normalize_into(text: &str, buf: &mut Vec<u8>) -> bool {
+    let ascii = normalize_padded(
+        text,
+        buf,
+        &mut TextMasks::default(),
+        &SymbolFirsts::new(&[]),
+    );
+    buf.truncate(text.len());
+    ascii
+}
+
+/// Write the normalized view of `text` into `buf` (cleared first), followed by [`PADDING`]
+/// zero bytes: same length, ASCII lowercased, escaped `\n`, `\r`, `\t` (backslash + letter)
+/// turned into two spaces; and the class masks of `text` and of the view (with the symbol
+/// starts of `firsts`) into `masks`. Returns whether the text is all ASCII.
+fn normalize_padded(
+    text: &str,
+    buf: &mut Vec<u8>,
+    masks: &mut TextMasks,
+    firsts: &SymbolFirsts,
+) -> bool {
+    let n = text.len();
     buf.clear();
+    buf.reserve(n + PADDING);
     buf.extend_from_slice(text.as_bytes());
-    // One pass, 16 bytes at a time: lowercase, and note non-ASCII bytes and backslashes.
-    let (mut non_ascii, mut backslash) = (false, false);
-    let mut blocks = buf.chunks_exact_mut(16);
-    for block in &mut blocks {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(block);
-        let v = u8x16::new(a);
-        non_ascii |= v.move_mask() != 0;
-        backslash |= eq(v, b'\\').any();
-        let lower = v | (range(v, b'A', 26) & u8x16::splat(0x20));
-        block.copy_from_slice(&lower.to_array());
+    buf.resize(n + PADDING, 0);
+    masks.clear();
+    masks.chunks.reserve(n.div_ceil(64));
+    // One pass, 64 bytes at a time, over whole chunks (the last one reaches into the padding,
+    // whose zero bytes stay zero and are in no class): the masks, lowercase, and note
+    // non-ASCII bytes and backslashes.
+    let (mut high, mut backslash) = (u8x16::splat(0), u8x16::splat(0));
+    for chunk in buf[..n.div_ceil(64) * 64].chunks_exact_mut(64) {
+        let Ok(chunk) = <&mut [u8; 64]>::try_from(chunk) else {
+            continue;
+        };
+        let block = Block::new(chunk);
+        masks.push(&block);
+        for &v in block.lanes() {
+            high |= v;
+            backslash |= eq(v, b'\\');
+        }
+        let lower = block.map(|v| v | (range(v, b'A', 26) & u8x16::splat(0x20)));
+        if let Some(m) = masks.chunks.last_mut() {
+            m.symbol = symbol_starts(&lower, firsts);
+        }
+        *chunk = lower.bytes();
     }
-    for b in blocks.into_remainder() {
-        non_ascii |= *b >= 0x80;
-        backslash |= *b == b'\\';
-        b.make_ascii_lowercase();
-    }
-    if backslash {
+    if backslash.any() {
+        let view = &mut buf[..n];
         let mut from = 0;
-        while let Some(i) = memchr::memchr(b'\\', &buf[from..]) {
+        let mut escapes = false;
+        while let Some(i) = memchr::memchr(b'\\', &view[from..]) {
             let i = from + i;
-            if i + 1 < buf.len() && matches!(buf[i + 1], b'n' | b'r' | b't') {
-                buf[i] = b' ';
-                buf[i + 1] = b' ';
+            if i + 1 < view.len() && matches!(view[i + 1], b'n' | b'r' | b't') {
+                view[i] = b' ';
+                view[i + 1] = b' ';
                 from = i + 2;
+                escapes = true;
             } else {
                 from = i + 1;
             }
         }
+        // The view's classes changed where escapes turned into spaces: take them again.
+        if escapes {
+            let chunks = buf[..n.div_ceil(64) * 64].chunks_exact(64);
+            for (chunk, m) in chunks.zip(masks.chunks.iter_mut()) {
+                if let Ok(chunk) = <&[u8; 64]>::try_from(chunk) {
+                    view_classes(&Block::new(chunk), firsts, m);
+                }
+            }
+        }
     }
-    !non_ascii
+    high.move_mask() == 0
 }
 
 /// A window of `text` around an anchor at `pos`: `before` bytes back and `after` bytes on,
@@ -735,6 +806,7 @@ mod tests {
 
     #[test]
     fn normalized_view_matches_its_definition() {
+        let symbols = Lexicon::new([(Owner::Pii, 0, &["@", "q~", "<"][..])]).unwrap();
         let pieces = [
             "AbC",
             "\\n",
@@ -746,6 +818,7 @@ mod tests {
             "Ž",
             "x\\T",
             "QRSTUVWXYZ@[`{",
+            "7:_q<",
         ];
         let mut state = 0x2545_F491_4F6C_DD1Du64;
         for round in 0..2000 {
@@ -769,8 +842,26 @@ mod tests {
                     i += 1;
                 }
             }
-            let view = View::of(&text);
+            let view = View::of(&text, &symbols);
             assert_eq!(view.lower(), &want[..], "{text:?}");
+            // The masks: of the text, and of the view after its escapes.
+            let bytes = text.as_bytes();
+            assert_eq!(view.masks().chunks.len(), bytes.len().div_ceil(64));
+            for (k, m) in view.masks().chunks.iter().enumerate() {
+                let bits = |f: &dyn Fn(usize) -> bool| {
+                    (0..64).fold(0u64, |m, j| m | (u64::from(f(64 * k + j)) << j))
+                };
+                let view_bits =
+                    |f: &dyn Fn(u8) -> bool| bits(&|i| want.get(i).is_some_and(|&b| f(b)));
+                let text_bits =
+                    |f: &dyn Fn(u8) -> bool| bits(&|i| bytes.get(i).is_some_and(|&b| f(b)));
+                assert_eq!(m.word, view_bits(&is_word), "{text:?}");
+                assert_eq!(m.under, view_bits(&|b| b == b'_'), "{text:?}");
+                assert_eq!(m.symbol, view_bits(&|b| b"@<q".contains(&b)), "{text:?}");
+                assert_eq!(m.upper, text_bits(&|b| b.is_ascii_uppercase()), "{text:?}");
+                assert_eq!(m.digit, text_bits(&|b| b.is_ascii_digit()), "{text:?}");
+                assert_eq!(m.colon, text_bits(&|b| b == b':'), "{text:?}");
+            }
             assert_eq!(view.is_ascii(), text.is_ascii(), "{text:?}");
             assert!(view.padded()[want.len()..].iter().all(|&b| b == 0));
         }
@@ -786,7 +877,7 @@ mod tests {
         assert_eq!(lex.len(), 2);
         let mut hits = Vec::new();
         let text = "please ignore it";
-        lex.find(text.as_bytes(), &View::of(text), |_| true, &mut hits);
+        lex.find(text.as_bytes(), &View::of(text, &lex), |_| true, &mut hits);
         assert_eq!(hits.len(), 2);
         assert!(hits.iter().all(|h| h.pos == 7));
         // A key is a word prefix (or a whole short word), symbols are bytes.
@@ -794,14 +885,19 @@ mod tests {
             Lexicon::new([(Owner::Pii, 1, &["~/.ssh", "ignore", "://", "hi "][..])]).unwrap();
         let mut found = Vec::new();
         let text = "hi, ignored ssh://x this ~/.ssh";
-        words.find(text.as_bytes(), &View::of(text), |_| true, &mut found);
+        words.find(
+            text.as_bytes(),
+            &View::of(text, &words),
+            |_| true,
+            &mut found,
+        );
         let pos: Vec<usize> = found.iter().map(|h| h.pos).collect();
         assert_eq!(pos, vec![0, 4, 12, 15, 28]);
         hits.clear();
         let text = "please ignore it";
         lex.find(
             text.as_bytes(),
-            &View::of(text),
+            &View::of(text, &lex),
             |o| o == Owner::Secret,
             &mut hits,
         );
@@ -827,7 +923,9 @@ mod tests {
             let bits =
                 |f: &dyn Fn(usize) -> bool| (0..64).fold(0u64, |m, j| m | (u64::from(f(j)) << j));
             for firsts in [vec![b'@', b'<'], (0..=255).step_by(3).collect::<Vec<u8>>()] {
-                let c = classes(&lo, &up, &SymbolFirsts::new(&firsts));
+                let mut masks = TextMasks::of(&up).chunk(0);
+                view_classes(&Block::new(&lo), &SymbolFirsts::new(&firsts), &mut masks);
+                let c = classes(masks);
                 assert_eq!(c.word, bits(&|j| is_word(lo[j])), "round {round}");
                 assert_eq!(c.under, bits(&|j| lo[j] == b'_'), "round {round}");
                 assert_eq!(
@@ -840,7 +938,7 @@ mod tests {
                     bits(&|j| firsts.contains(&lo[j])),
                     "round {round}"
                 );
-                assert_eq!(c.digit, bits(&|j| lo[j].is_ascii_digit()), "round {round}");
+                assert_eq!(c.digit, bits(&|j| up[j].is_ascii_digit()), "round {round}");
             }
         }
     }
@@ -854,7 +952,7 @@ mod tests {
         .unwrap();
         let text = "DB_PASSWORD=x dbPassword=y AKIAZ3MN7QW2ERTY5UIO akia";
         let mut hits = Vec::new();
-        lex.find(text.as_bytes(), &View::of(text), |_| true, &mut hits);
+        lex.find(text.as_bytes(), &View::of(text, &lex), |_| true, &mut hits);
         let got: Vec<(usize, u16)> = hits.iter().map(|h| (h.pos, h.item)).collect();
         assert_eq!(got, vec![(3, 0), (16, 0), (27, 1)]);
     }

@@ -351,7 +351,7 @@ impl SecretDetector {
 
     /// Every secret in `text`; the span is the secret value itself where the rule isolates it.
     pub fn scan(&self, text: &str) -> Vec<Finding> {
-        let view = View::of(text);
+        let view = View::of(text, &self.lexicon);
         let mut hits = Vec::new();
         self.lexicon
             .find(text.as_bytes(), &view, |_| true, &mut hits);

@@ -1,15 +1,18 @@
-//! Where numbers can be: one pass over the text, 64 bytes at a time, giving
+//! Where numbers can be: one pass over the class masks of the text (taken when its normalized
+//! view was written, 64 bytes a chunk), giving
 //!
 //! - the **stretches** worth matching: maximal runs of number characters (digits, space,
 //!   `. - ( ) +` and the `x` / `ext` of an extension; every numeric-run match lies inside one)
 //!   holding at least 7 digits, or 4 digits and 3 dots (an IPv4 address);
 //! - the **IBAN candidates**: two ASCII letters after a non-word byte, followed by two digits.
 //!
-//! A bit mask of digits per 64 bytes finds where runs of digits start; chunks without digits
-//! cost that mask only. Where digits are, masks of number characters and dots give each
-//! stretch's bounds and counts (a stretch crossing a chunk boundary is finished byte by byte).
+//! The digit mask of a chunk finds where runs of digits start; chunks without digits cost a
+//! test of that mask only. Where digits are, the masks of number characters and letters give
+//! the IBAN candidates and the stretches that can be long enough (seven number bytes in a
+//! row), with their bounds and digit counts; a stretch crossing a chunk boundary is finished
+//! byte by byte.
 
-use crate::bytemask::{Block, eq, range};
+use crate::bytemask::TextMasks;
 
 /// Fewest digits in a stretch that may hold a phone, card, SSN or IBAN number.
 const MIN_DIGITS: usize = 7;
@@ -33,8 +36,7 @@ const NUMBER: [bool; 256] = {
 /// Whether a stretch holds enough digits (and dots) for a number worth classifying.
 fn worth_matching(stretch: &[u8]) -> bool {
     let digits = stretch.iter().filter(|b| b.is_ascii_digit()).count();
-    let dots = stretch.iter().filter(|&&b| b == b'.').count();
-    digits >= MIN_DIGITS || (digits >= 4 && dots >= 3)
+    digits >= MIN_DIGITS || (digits >= 4 && dots(stretch) >= 3)
 }
 
 /// The low `n` bits set.
@@ -49,48 +51,37 @@ fn word_byte(b: u8) -> bool {
 }
 
 /// Call `stretch(start, end)` for every stretch worth matching and `iban(start)` for every
-/// IBAN candidate, each in text order.
+/// IBAN candidate, each in text order; `masks` are those of `bytes`.
 pub(crate) fn scan(
     bytes: &[u8],
+    masks: &TextMasks,
     mut stretch: impl FnMut(usize, usize),
     mut iban: impl FnMut(usize),
 ) {
     let n = bytes.len();
-    let mut covered = 0; // the stretch of every digit before here is known
+    let mut covered: usize = 0; // the stretch of every digit before here is known
     let mut digit_before = 0u64; // whether the byte before the chunk is a digit
-    let mut tail = [0u8; 64];
-    let mut base = 0;
-    while base < n {
-        let chunk: &[u8; 64] = match bytes.get(base..base + 64).map(<&[u8; 64]>::try_from) {
-            Some(Ok(c)) => c,
-            _ => {
-                // The last chunk, zero-padded: a zero byte is in no class.
-                let rest = &bytes[base..];
-                tail[..rest.len()].copy_from_slice(rest);
-                &tail
-            }
-        };
-        let block = Block::new(chunk);
-        let digit = block.mask(|v| range(v, b'0', 10));
+    for (k, m) in masks.chunks.iter().enumerate() {
+        let base = 64 * k;
+        let digit = m.digit;
         let mut run_starts = digit & !((digit << 1) | digit_before);
         digit_before = digit >> 63;
         if run_starts == 0 {
-            base += 64;
             continue;
         }
-        let number = block.mask(|v| {
-            range(v, b'0', 10)
-                | range(v, b'(', 2)
-                | range(v, b'-', 2)
-                | eq(v, b' ')
-                | eq(v, b'+')
-                | eq(v, b'x')
-                | eq(v, b'e')
-                | eq(v, b't')
-        });
-        while run_starts != 0 {
-            let j = run_starts.trailing_zeros() as usize;
-            run_starts &= run_starts - 1;
+        let number = m.number;
+        // IBAN candidates: mask tests for runs starting at bits 3..=62 (every byte they look
+        // at is in the chunk), byte tests at the edges.
+        let mut ibans = run_starts
+            & INNER
+            & (m.letter << 1)
+            & (m.letter << 2)
+            & (digit >> 1)
+            & !((m.letter | digit | m.under) << 3);
+        let mut edges = run_starts & !INNER;
+        while edges != 0 {
+            let j = edges.trailing_zeros() as usize;
+            edges &= edges - 1;
             let d = base + j;
             // Two letters after a non-word byte, then two digits.
             if d >= 2
@@ -99,13 +90,30 @@ pub(crate) fn scan(
                 && bytes.get(d + 1).is_some_and(u8::is_ascii_digit)
                 && (d == 2 || !word_byte(bytes[d - 3]))
             {
-                iban(d - 2);
+                ibans |= 1 << j;
             }
-            if d < covered {
-                continue;
-            }
-            // The stretch's bounds: back to its start (no digit lies there: that digit's
-            // stretch would have covered this run), on to its end.
+        }
+        while ibans != 0 {
+            let j = ibans.trailing_zeros() as usize;
+            ibans &= ibans - 1;
+            iban(base + j - 2);
+        }
+        // Stretches: maximal runs of number bytes holding a run of digits that starts here
+        // and that no earlier stretch covers. Only those with seven bytes in the chunk, or
+        // reaching either end of it (they may go on), can be long enough to match; each is
+        // found from one of its bits.
+        run_starts &= !ones(covered.saturating_sub(base));
+        let seven = number
+            & (number >> 1)
+            & (number >> 2)
+            & (number >> 3)
+            & (number >> 4)
+            & (number >> 5)
+            & (number >> 6);
+        let mut marks = (seven | (number & EDGES)) & !ones(covered.saturating_sub(base));
+        while marks != 0 {
+            let j = marks.trailing_zeros() as usize;
+            // The stretch's bounds: back to its start, on to its end.
             let below = !number & ones(j);
             let s = if below != 0 {
                 base + 64 - below.leading_zeros() as usize
@@ -126,15 +134,42 @@ pub(crate) fn scan(
                 }
                 e
             };
+            let mine = ones(e - base) & !ones(s.saturating_sub(base));
+            marks &= !ones(e - base);
+            // Without a run of digits starting in this chunk, the stretch belongs to another
+            // chunk (or holds no digit).
+            if run_starts & mine == 0 {
+                continue;
+            }
             covered = e;
             // Seven digits, or four digits and three dots, need seven bytes: shorter
             // stretches (most ids, prices and times) are not even counted.
-            if e - s >= 7 && worth_matching(&bytes[s..e]) {
+            if e - s < 7 {
+                continue;
+            }
+            let worth = if s >= base && e <= base + 64 {
+                let digits = (digit & mine).count_ones();
+                digits >= MIN_DIGITS as u32 || (digits >= 4 && dots(&bytes[s..e]) >= 3)
+            } else {
+                worth_matching(&bytes[s..e])
+            };
+            if worth {
                 stretch(s, e);
             }
         }
-        base += 64;
     }
+}
+
+/// The first and last bit of a chunk: stretches holding them may go on in the next chunk or
+/// begin in the previous one.
+const EDGES: u64 = 1 | (1 << 63);
+
+/// Bits 3..=62 of a chunk: run starts whose IBAN test reads only bytes of the chunk.
+const INNER: u64 = !0b111 & !(1 << 63);
+
+/// Number of `.` bytes.
+fn dots(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'.').count()
 }
 
 #[cfg(test)]
@@ -215,7 +250,12 @@ mod tests {
                 text.extend_from_slice(alphabet[(state % alphabet.len() as u64) as usize]);
             }
             let (mut s, mut i) = (Vec::new(), Vec::new());
-            scan(&text, |a, b| s.push((a, b)), |c| i.push(c));
+            scan(
+                &text,
+                &TextMasks::of(&text),
+                |a, b| s.push((a, b)),
+                |c| i.push(c),
+            );
             assert_eq!(
                 (s, i),
                 reference(&text),
@@ -234,7 +274,12 @@ mod tests {
                     }
                     text.extend_from_slice(b"9 DE89 3704 tail");
                     let (mut s, mut i) = (Vec::new(), Vec::new());
-                    scan(&text, |a, b| s.push((a, b)), |c| i.push(c));
+                    scan(
+                        &text,
+                        &TextMasks::of(&text),
+                        |a, b| s.push((a, b)),
+                        |c| i.push(c),
+                    );
                     let text = String::from_utf8_lossy(&text);
                     assert_eq!((s, i), reference(text.as_bytes()), "{text:?}");
                 }
