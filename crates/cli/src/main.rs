@@ -47,8 +47,8 @@ enum Command {
         /// Listen address of the embedded demo (ignored with --config; use `listen:` there).
         #[arg(long, default_value = "127.0.0.1:8686")]
         listen: std::net::SocketAddr,
-        /// Threads serving requests (default: one per CPU). On small, shared machines one
-        /// thread can cost less CPU per call; see BENCHMARKS.md.
+        /// Event loops serving requests (default: one per CPU): each is a thread that serves
+        /// the connections it accepts from start to end; see BENCHMARKS.md.
         #[arg(long, env = "PORTCULLIS_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
         worker_threads: Option<u16>,
     },
@@ -121,7 +121,9 @@ fn main() -> ExitCode {
             config,
             listen,
             worker_threads,
-        } => runtime_with(worker_threads.map(usize::from)).block_on(serve::run(config, listen)),
+        } => {
+            runtime_with(None).block_on(serve::run(config, listen, worker_threads.map(usize::from)))
+        }
         Command::Check { config } => return check::run(&config),
         Command::Audit(args) => return audit::run(args),
         Command::Connect {

@@ -7,7 +7,12 @@ use std::path::PathBuf;
 use portcullis_config::Config;
 use rand::RngCore;
 
-pub async fn run(config_path: Option<PathBuf>, demo_listen: SocketAddr) -> anyhow::Result<()> {
+/// Runs the gateway; `event_loops` threads serve requests (None: one per CPU).
+pub async fn run(
+    config_path: Option<PathBuf>,
+    demo_listen: SocketAddr,
+    event_loops: Option<usize>,
+) -> anyhow::Result<()> {
     let (config, demo_token) = match config_path {
         Some(path) => (
             portcullis_config::load(&path).map_err(anyhow::Error::from)?,
@@ -21,7 +26,7 @@ pub async fn run(config_path: Option<PathBuf>, demo_listen: SocketAddr) -> anyho
     for warning in config.warnings() {
         tracing::warn!(%warning, "config warning");
     }
-    let running = portcullis_gateway::serve::start(config, shutdown_signal()).await?;
+    let running = portcullis_gateway::serve::start(config, event_loops, shutdown_signal()).await?;
     print_banner(
         &running.gateway.runtime().config,
         running.local_addr,

@@ -11,7 +11,7 @@
 //! - [`upstream`]: connectors to catalog servers (stdio supervisor, Streamable HTTP, HTTP+SSE).
 //! - [`stream_log`]: replayable POST streams for resumption with `Last-Event-ID`.
 //! - [`state`]: the running config, catalog and sessions; hot reload.
-//! - [`serve`]: listener lifecycle.
+//! - [`serve`]: listener lifecycle; [`event_loops`]: the thread-per-core loops that serve it.
 //! - [`tool_schemas`]: tool schemas with header-mirrored parameters, learned from lists.
 //! - [`scanning`]: content scanners on the data plane, tool metadata poisoning, tool pins.
 //! - [`approval`]: approval gates: held calls, reviewers' routes, the chat webhook.
@@ -22,6 +22,7 @@ pub mod approval;
 pub mod audit_trail;
 pub mod auth;
 pub mod edge;
+pub mod event_loops;
 pub mod export;
 pub mod metrics;
 pub mod proxy;

@@ -1,5 +1,6 @@
-//! Running the gateway: bind the listener, serve until a shutdown signal, hot-reload the config
-//! file, reap idle sessions, and stop every upstream (children reaped) on the way out.
+//! Running the gateway: bind the listener, serve it on the event loops
+//! ([`crate::event_loops`]) until a shutdown signal, hot-reload the config file, reap idle
+//! sessions, and stop every upstream (children reaped) on the way out.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use portcullis_config::Config;
 use tokio::net::TcpListener;
 
 use crate::edge;
+use crate::event_loops::EventLoops;
 use crate::state::Gateway;
 
 /// A running gateway, for callers that need its address (tests, `serve` printing URLs).
@@ -19,22 +21,35 @@ pub struct Running {
     pub done: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// Binds `config.listen` and serves until `shutdown` resolves.
+/// Binds `config.listen` and serves on `event_loops` loops (None: one per CPU) until
+/// `shutdown` resolves.
 pub async fn start(
     config: Config,
+    event_loops: Option<usize>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
-    start_on(listener, config, shutdown).await
+    let loops = event_loops.unwrap_or_else(EventLoops::default_count);
+    start_with(listener, config, loops, shutdown).await
 }
 
-/// Serves on an already bound listener (tests bind 127.0.0.1:0). Opens the store of
-/// `config.storage` first: a gateway that cannot keep its state does not start.
+/// Serves on an already bound listener (tests bind 127.0.0.1:0), one event loop per CPU.
 pub async fn start_on(
     listener: TcpListener,
     config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    start_with(listener, config, EventLoops::default_count(), shutdown).await
+}
+
+/// Serves on `listener` with `event_loops` loops. Opens the store of `config.storage` first:
+/// a gateway that cannot keep its state does not start.
+async fn start_with(
+    listener: TcpListener,
+    config: Config,
+    event_loops: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
     let local_addr = listener.local_addr()?;
@@ -78,20 +93,32 @@ pub async fn start_on(
         shutdown.await;
         streams.legacy_sse.close_all(); // open HTTP+SSE streams would hold the shutdown forever
     };
+    let stop_serving = tokio_util::sync::CancellationToken::new();
+    let mut loops = EventLoops::start(
+        event_loops,
+        listener,
+        &stop_serving,
+        move |listener, stop| {
+            let app = app.clone();
+            let tls = tls.clone();
+            async move {
+                match tls {
+                    None => {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stop)
+                            .await
+                    }
+                    Some(tls) => tls.serve(listener, app, stop).await,
+                }
+            }
+        },
+    )?;
     let stopping = gateway.clone();
     let done = tokio::spawn(async move {
-        let shutdown = async move {
-            shutdown.await;
-            stopping.shutting_down.cancel();
-        };
-        let result = match tls {
-            None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-            }
-            Some(tls) => tls.serve(listener, app, shutdown).await,
-        };
+        shutdown.await;
+        stopping.shutting_down.cancel();
+        stop_serving.cancel();
+        let result = loops.served().await;
         reaper.abort();
         control_poller.abort();
         if let Some(watcher) = watcher {
@@ -102,6 +129,7 @@ pub async fn start_on(
         }
         state.shutdown().await;
         state.telemetry.shutdown().await; // queued spans sent (bounded wait)
+        loops.release().await; // work the requests left on the loops ends with them
         result.map_err(anyhow::Error::from)
     });
     Ok(Running {

@@ -29,7 +29,8 @@ use crate::auth::client_cert::{self, ClientCert};
 /// Longest time a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The TLS side of the listener, built from `tls:`.
+/// The TLS side of the listener, built from `tls:` (cloned into each event loop).
+#[derive(Clone)]
 pub struct TlsListener {
     acceptor: tokio_rustls::TlsAcceptor,
     client: Option<Arc<ClientCertConfig>>,

@@ -264,17 +264,22 @@ impl MetadataGuard {
         profile: &ScanProfile,
         last_page: bool,
     ) -> Vec<Box<RawValue>> {
-        let first_use = if kind == ItemKind::Tool {
-            let mut windows = self.first_use.lock().expect("poisoned");
-            let open = *windows
+        let first_use = kind == ItemKind::Tool
+            && *self
+                .first_use
+                .lock()
+                .expect("poisoned")
                 .entry(server.to_owned())
                 .or_insert_with(|| !self.pins.server_has_pins(server));
-            if last_page {
-                windows.insert(server.to_owned(), false);
+        // The window closes only once this page's tools are judged (and pinned): a call
+        // checked meanwhile must not find it closed with its tool neither seen nor pinned.
+        let close_window = || {
+            if kind == ItemKind::Tool && last_page {
+                self.first_use
+                    .lock()
+                    .expect("poisoned")
+                    .insert(server.to_owned(), false);
             }
-            open
-        } else {
-            false
         };
         let generation = self.pins.generation();
         {
@@ -287,6 +292,7 @@ impl MetadataGuard {
             {
                 let keep = m.keep.clone();
                 drop(memo);
+                close_window();
                 return items
                     .into_iter()
                     .zip(keep)
@@ -298,6 +304,7 @@ impl MetadataGuard {
             .iter()
             .map(|item| self.judge(scanner, server, kind, item, profile, first_use))
             .collect();
+        close_window();
         let memo = Memo {
             input: items.iter().map(|i| Box::<str>::from(i.get())).collect(),
             keep: keep.clone(),

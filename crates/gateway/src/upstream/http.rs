@@ -88,6 +88,27 @@ pub fn http_client() -> reqwest::Client {
         .expect("the HTTP client (rustls with ring) can be built")
 }
 
+thread_local! {
+    /// An event loop's own outbound client ([`crate::event_loops`]): the pooled connections a
+    /// loop's calls use are driven by that loop, not by whichever loop opened them first.
+    static LOOP_CLIENT: std::cell::OnceCell<reqwest::Client> = const { std::cell::OnceCell::new() };
+}
+
+/// Gives the calling thread (an event loop) its own outbound client.
+pub(crate) fn use_loop_client() {
+    LOOP_CLIENT.with(|client| {
+        let _ = client.set(http_client());
+    });
+}
+
+/// The client for a request made on this thread: the event loop's own, else `shared` (the
+/// gateway's, outside the event loops).
+pub(crate) fn loop_client(shared: &reqwest::Client) -> reqwest::Client {
+    LOOP_CLIENT
+        .with(|client| client.get().cloned())
+        .unwrap_or_else(|| shared.clone())
+}
+
 /// A Streamable HTTP or HTTP+SSE upstream.
 pub struct HttpConnector {
     inner: Arc<Inner>,
@@ -172,8 +193,7 @@ struct Poster {
 
 impl Poster {
     async fn post(&self, body: Vec<u8>) -> Result<reqwest::Response, SendError> {
-        let request = self
-            .client
+        let request = loop_client(&self.client)
             .post(self.url.clone())
             .headers(self.headers.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -609,8 +629,7 @@ impl Inner {
                 headers.insert(name, value);
             }
         }
-        let post = self
-            .client
+        let post = loop_client(&self.client)
             .post(url.clone())
             .headers(headers)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -1092,8 +1111,7 @@ impl Inner {
                 headers.insert(name, value);
             }
         }
-        let post = self
-            .client
+        let post = loop_client(&self.client)
             .post(url.clone())
             .headers(headers)
             .body(request.to_bytes());
