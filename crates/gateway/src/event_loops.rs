@@ -4,7 +4,7 @@
 //! own outbound connection pool, [`crate::upstream::http::loop_client`]) and its answer never
 //! hop between threads. On a work-stealing runtime an idle worker is woken to look for work at
 //! nearly every step of a call: at 1,000 calls/s that cost ~45 µs of added p50 latency on the
-//! benchmark machine (BENCHMARKS.md, "Event loops").
+//! benchmark machine (BENCHMARKS.md, "Latest: event loops and call-paced audit commits").
 //!
 //! Background work (audit jobs, config watch, SIEM export, session reaping) stays on the
 //! runtime that called [`EventLoops::start`]. Work a request spawns (relayed SSE streams, an

@@ -94,7 +94,8 @@ thread_local! {
     static LOOP_CLIENT: std::cell::OnceCell<reqwest::Client> = const { std::cell::OnceCell::new() };
 }
 
-/// Gives the calling thread (an event loop) its own outbound client.
+/// Gives the calling thread (an event loop) its own outbound client, built by [`http_client`]
+/// like the gateway's shared one (every HTTP connector uses that configuration).
 pub(crate) fn use_loop_client() {
     LOOP_CLIENT.with(|client| {
         let _ = client.set(http_client());
