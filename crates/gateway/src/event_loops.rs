@@ -1,8 +1,8 @@
 //! Thread-per-core serving: the listening socket is served by N event loops, each a
 //! single-threaded tokio runtime on its own OS thread, and a connection stays on the loop that
-//! accepted it from its first byte to its last. A request, its upstream call (each loop has its
-//! own outbound connection pool, [`crate::upstream::http::loop_client`]) and its answer never
-//! hop between threads. On a work-stealing runtime an idle worker is woken to look for work at
+//! accepted it from its first byte to its last. A request, its call to an HTTP upstream (each
+//! loop has its own outbound connection pool, [`crate::upstream::http::loop_client`]) and its
+//! answer never hop between threads (a stdio upstream's pipes are read by its supervisor). On a work-stealing runtime an idle worker is woken to look for work at
 //! nearly every step of a call: at 1,000 calls/s that cost ~45 µs of added p50 latency on the
 //! benchmark machine (BENCHMARKS.md, "Latest: event loops and call-paced audit commits").
 //!
