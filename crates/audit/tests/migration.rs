@@ -4,26 +4,17 @@
 
 #![cfg(feature = "store")]
 
-use std::borrow::Cow;
-use std::sync::Arc;
+mod support;
 
-use portcullis_audit::checkpoint::{KeyRing, SigningKeyFile};
+use std::borrow::Cow;
+
 use portcullis_audit::store::{AuditStore, AuditWriter, Backend, WriterConfig};
 use portcullis_audit::{AuditEvent, Finding, Outcome, RecordKind};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use support::{ring, signer};
 
 const CHAINS: [&str; 2] = ["replica-a", "replica-b"];
 const RECORDS: u64 = 40;
-
-fn signer() -> Arc<SigningKeyFile> {
-    Arc::new(SigningKeyFile::from_seed(&[7; 32]))
-}
-
-fn ring() -> KeyRing {
-    let mut ring = KeyRing::new();
-    ring.add(signer().verifying_key());
-    ring
-}
 
 /// An event with every column set (and a few left empty), distinct per chain and index.
 fn event(chain: &str, i: u64) -> AuditEvent {

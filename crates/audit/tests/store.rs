@@ -5,14 +5,15 @@
 
 #![cfg(feature = "store")]
 
-use std::sync::Arc;
+mod support;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use portcullis_audit::chain::ChainHead;
-use portcullis_audit::checkpoint::{KeyRing, SigningKeyFile};
 use portcullis_audit::store::{AuditStore, AuditWriter, Backend, WriterConfig};
 use portcullis_audit::{AuditEvent, AuditRecord, Finding, Outcome, Problem, RecordKind, Report};
 use sqlx::AssertSqlSafe;
+use support::{ring, signer};
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const RECORDS: u64 = 50;
@@ -124,16 +125,6 @@ macro_rules! store_test {
             }
         }
     };
-}
-
-fn signer() -> Arc<SigningKeyFile> {
-    Arc::new(SigningKeyFile::from_seed(&[42; 32]))
-}
-
-fn ring() -> KeyRing {
-    let mut ring = KeyRing::new();
-    ring.add(signer().verifying_key());
-    ring
 }
 
 /// An event with every field set, so each column can be tampered with.
@@ -486,7 +477,7 @@ async fn forged_checkpoint_signature(db: &Db) {
         "k",
     )
     .await;
-    let stranger = SigningKeyFile::from_seed(&[7; 32]);
+    let stranger = portcullis_audit::checkpoint::SigningKeyFile::from_seed(&[7; 32]);
     let recs = records(db, "k").await;
     let cp = stranger.sign("k", 50, recs[49].hash, 1);
     db.store.insert(&[], Some(&cp)).await.unwrap();

@@ -6,26 +6,17 @@
 
 #![cfg(feature = "store")]
 
-use std::sync::Arc;
+mod support;
+
 use std::time::Duration;
 
-use portcullis_audit::checkpoint::{KeyRing, SigningKeyFile};
 use portcullis_audit::store::{
     AuditStore, AuditWriter, Backend, Durability, QueueFull, StoreError, WriterConfig,
 };
 use portcullis_audit::{AuditEvent, AuditRecord, Outcome, RecordKind};
+use support::{ring, signer};
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn signer() -> Arc<SigningKeyFile> {
-    Arc::new(SigningKeyFile::from_seed(&[7; 32]))
-}
-
-fn ring() -> KeyRing {
-    let mut ring = KeyRing::new();
-    ring.add(signer().verifying_key());
-    ring
-}
 
 fn event(i: u64) -> AuditEvent {
     let mut e = AuditEvent::new(RecordKind::Call, 1_700_000_000_000_000 + i as i64);

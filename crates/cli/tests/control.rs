@@ -184,16 +184,7 @@ async fn admin_api_refuses_missing_credentials_and_low_roles() {
 async fn kill_server_ends_a_call_in_flight_and_hides_its_tools() {
     let gw = control_gateway().await;
     let mut client = LegacyClient::connect(&gw, "/mcp", ALICE, json!({ "sampling": {} })).await;
-    // A call that stays open: the fixture asks the client for a sampling answer and waits.
-    let mut stream = client
-        .request_stream(
-            "tools/call",
-            json!({ "name": "fx__test_sampling", "arguments": { "prompt": "hold on" } }),
-        )
-        .await;
-    assert_eq!(stream.status, 200);
-    let question = stream.next_request().await;
-    assert_eq!(question["method"], "sampling/createMessage");
+    let (mut stream, _) = call_waiting_for_sampling(&mut client, "hold on").await;
 
     kill(&gw, "server", Some("fx")).await;
     let call_id = json!(client.last_id());
@@ -726,6 +717,25 @@ async fn listen(
     stream
 }
 
+/// Starts a call that stays open: the fixture's `test_sampling` asks the client for a sampling
+/// answer and waits for it. Returns the call's stream and the question (already asserted to be
+/// `sampling/createMessage`).
+async fn call_waiting_for_sampling(
+    client: &mut LegacyClient<'_>,
+    prompt: &str,
+) -> (EventStream, Value) {
+    let mut stream = client
+        .request_stream(
+            "tools/call",
+            json!({ "name": "fx__test_sampling", "arguments": { "prompt": prompt } }),
+        )
+        .await;
+    assert_eq!(stream.status, 200);
+    let question = stream.next_request().await;
+    assert_eq!(question["method"], "sampling/createMessage", "{question}");
+    (stream, question)
+}
+
 /// The listen's acknowledgement (its first message).
 async fn acknowledged(stream: &mut EventStream) -> Value {
     let ack = stream.next().await;
@@ -1024,25 +1034,10 @@ async fn revoked_task_token_ends_its_calls_in_flight() {
     )
     .await;
     acknowledged(&mut listening).await;
-    let mut stream = client
-        .request_stream(
-            "tools/call",
-            json!({ "name": "fx__test_sampling", "arguments": { "prompt": "hold on" } }),
-        )
-        .await;
-    assert_eq!(
-        stream.next_request().await["method"],
-        "sampling/createMessage"
-    );
+    let (mut stream, _) = call_waiting_for_sampling(&mut client, "hold on").await;
     // Someone else's call is not affected.
     let mut bob = LegacyClient::connect(&gw, "/mcp", BOB, json!({ "sampling": {} })).await;
-    let mut bobs = bob
-        .request_stream(
-            "tools/call",
-            json!({ "name": "fx__test_sampling", "arguments": { "prompt": "mine" } }),
-        )
-        .await;
-    let bobs_question = bobs.next_request().await;
+    let (mut bobs, bobs_question) = call_waiting_for_sampling(&mut bob, "mine").await;
 
     let (status, _, body) = admin(&gw, "DELETE", &format!("/tokens/{id}"), Some(ALICE), None).await;
     assert_eq!(status, 200, "{body}");
@@ -1176,16 +1171,7 @@ async fn expired_task_token_ends_its_calls_in_flight() {
     let (token, id) = issue(&gw, OPS, json!({ "agent": "alice", "ttl": "4s" })).await;
     let mut client = LegacyClient::connect(&gw, "/mcp", &token, json!({ "sampling": {} })).await;
     // A call that waits for the client's sampling answer, which never comes.
-    let mut stream = client
-        .request_stream(
-            "tools/call",
-            json!({ "name": "fx__test_sampling", "arguments": { "prompt": "hold on" } }),
-        )
-        .await;
-    assert_eq!(
-        stream.next_request().await["method"],
-        "sampling/createMessage"
-    );
+    let (mut stream, _) = call_waiting_for_sampling(&mut client, "hold on").await;
     // Nobody revokes it: the token's expiry alone ends the call.
     let call_id = json!(client.last_id());
     let last = tokio::time::timeout(Duration::from_secs(30), stream.until_response(&call_id))

@@ -227,7 +227,7 @@ impl TextMasks {
 
 /// The low `n` bits set.
 #[inline(always)]
-fn ones(n: usize) -> u64 {
+pub(crate) fn ones(n: usize) -> u64 {
     if n >= 64 { !0 } else { (1u64 << n) - 1 }
 }
 

@@ -10,7 +10,7 @@ use base64::Engine;
 
 use wide::u8x16;
 
-use crate::bytemask::{Block, LONG_RUN, TextMasks, eq, range};
+use crate::bytemask::{Block, LONG_RUN, TextMasks, eq, ones, range};
 use crate::{Category, Finding, Severity};
 
 const MAX_RUNS: usize = 64;
@@ -141,11 +141,6 @@ fn scan_runs(bytes: &[u8], out: &mut Vec<Finding>, hit: impl Fn(&str) -> bool) {
             }
         }
     }
-}
-
-/// The low `n` bits set.
-fn ones(n: usize) -> u64 {
-    if n >= 64 { !0 } else { (1u64 << n) - 1 }
 }
 
 /// The lowest bit `i` of `here` (a chunk's mask) where `MIN_RUN` set bits start, counting on

@@ -25,7 +25,7 @@
 use crate::ScanError;
 use wide::u8x16;
 
-use crate::bytemask::{Block, ChunkMasks, TextMasks, eq, range};
+use crate::bytemask::{Block, ChunkMasks, TextMasks, eq, ones, range};
 
 /// Which detector an anchor belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,12 +65,6 @@ const WORD: [bool; 256] = {
 #[cfg(test)]
 fn is_word(b: u8) -> bool {
     b.wrapping_sub(b'a') < 26 || b.wrapping_sub(b'0') < 10 || b == b'_' || b >= 0x80
-}
-
-/// The low `n` bits set.
-#[inline(always)]
-fn ones(n: usize) -> u64 {
-    if n >= 64 { !0 } else { (1u64 << n) - 1 }
 }
 
 /// Bytes of a word that form its prefix key.

@@ -12,7 +12,7 @@
 //! row), with their bounds and digit counts; a stretch crossing a chunk boundary is finished
 //! byte by byte.
 
-use crate::bytemask::TextMasks;
+use crate::bytemask::{TextMasks, ones};
 
 /// Fewest digits in a stretch that may hold a phone, card, SSN or IBAN number.
 const MIN_DIGITS: usize = 7;
@@ -37,12 +37,6 @@ const NUMBER: [bool; 256] = {
 fn worth_matching(stretch: &[u8]) -> bool {
     let digits = stretch.iter().filter(|b| b.is_ascii_digit()).count();
     digits >= MIN_DIGITS || (digits >= 4 && dots(stretch) >= 3)
-}
-
-/// The low `n` bits set.
-#[inline(always)]
-fn ones(n: usize) -> u64 {
-    if n >= 64 { !0 } else { (1u64 << n) - 1 }
 }
 
 #[inline(always)]
