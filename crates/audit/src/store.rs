@@ -12,10 +12,12 @@
 //! inferred from the columns, which `Any` loses for `NULL` binds.
 //!
 //! [`AuditWriter`] ([`crate::writer`]) is the single writer of one chain (one per replica); on a
-//! SQLite file it writes through its own connection ([`crate::sqlite_writer`]), elsewhere
-//! through [`write_batch`] on a connection it holds. SQLite runs in WAL mode with
-//! `synchronous = NORMAL` by default ([`Durability`]): a committed append survives the process
-//! being killed (`kill -9`), not a power cut; [`Durability::Full`] fsyncs every commit.
+//! SQLite file with [`Durability::Normal`] (the default) an append is durable in the chain's
+//! append log and reaches SQLite in batches ([`crate::sqlite_writer`], [`crate::append_log`]):
+//! it survives the process being killed (`kill -9`), not a power cut, and every read here
+//! first replays the log of a writer that died and waits briefly for a live one to catch up.
+//! Elsewhere (PostgreSQL, [`Durability::Full`], which fsyncs every commit) the writer uses
+//! [`write_batch`] on a connection it holds.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -53,6 +55,21 @@ pub enum StoreError {
     /// The writer task is gone (shut down or crashed).
     #[error("audit writer stopped")]
     WriterStopped,
+    /// The append log of a chain (beside its SQLite file) could not be read or written.
+    #[error("audit append log {path}: {source}")]
+    Log {
+        /// The log file.
+        path: std::path::PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// Another writer (another gateway process on the same file and chain id) holds the
+    /// chain's append log.
+    #[error(
+        "audit chain is already being written by another process (its append log {0} is locked); \
+         give each replica its own audit.chain_id"
+    )]
+    ChainBusy(std::path::PathBuf),
     /// A value does not fit the store (seq or size beyond i64).
     #[error("audit storage: value out of range: {0}")]
     Range(&'static str),
@@ -68,7 +85,10 @@ impl StoreError {
     /// Whether a retry may succeed (connection trouble, writer restart) as opposed to a bug or
     /// a misconfiguration.
     pub fn retryable(&self) -> bool {
-        matches!(self, Self::Db(_) | Self::Sqlite(_) | Self::WriterStopped)
+        matches!(
+            self,
+            Self::Db(_) | Self::Sqlite(_) | Self::Log { .. } | Self::WriterStopped
+        )
     }
 }
 
@@ -203,9 +223,9 @@ pub struct Query {
 /// `synchronous_commit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// `synchronous = NORMAL` in WAL mode (the default): a commit is in the WAL file (the OS
-    /// page cache) before it is acknowledged, so it survives the process being killed
-    /// (`kill -9`) and restarted, not a power cut or a kernel crash.
+    /// The default: an append is in the chain's append log (the OS page cache) before it is
+    /// acknowledged, and SQLite runs `synchronous = NORMAL` in WAL mode, so it survives the
+    /// process being killed (`kill -9`) and restarted, not a power cut or a kernel crash.
     #[default]
     Normal,
     /// `synchronous = FULL`: every commit is fsynced (survives a power cut), at the cost of an
@@ -348,6 +368,22 @@ impl AuditStore {
         Ok(())
     }
 
+    /// Before a read of a SQLite file: replays the append logs that writers which did not stop
+    /// cleanly left beside it, and waits briefly for live writers to ingest what they logged
+    /// ([`crate::append_log::catch_up`]), so that a record whose append returned is read.
+    async fn settle(&self) -> Result<(), StoreError> {
+        let Some(file) = &self.sqlite_file else {
+            return Ok(());
+        };
+        let path = file.path.clone();
+        tokio::task::spawn_blocking(move || crate::append_log::catch_up(&path))
+            .await
+            .map_err(|e| StoreError::Log {
+                path: file.path.clone(),
+                source: std::io::Error::other(e),
+            })?
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         on_pool!(&self.backend, pool => pool.close().await)
@@ -355,6 +391,7 @@ impl AuditStore {
 
     /// Every chain with records or checkpoints.
     pub async fn chains(&self) -> Result<Vec<String>, StoreError> {
+        self.settle().await?;
         let sql = "SELECT chain_id FROM audit_records UNION SELECT chain_id FROM audit_checkpoints \
                    UNION SELECT chain_id FROM audit_tombstones ORDER BY 1";
         let chains = on_pool!(&self.backend, pool => {
@@ -365,6 +402,7 @@ impl AuditStore {
 
     /// The head of `chain_id` as stored (empty chain if none).
     pub async fn head(&self, chain_id: &str) -> Result<ChainHead, StoreError> {
+        self.settle().await?;
         let sql =
             "SELECT seq, hash FROM audit_records WHERE chain_id = $1 ORDER BY seq DESC LIMIT 1";
         let row: Option<(i64, String)> = on_pool!(&self.backend, pool => {
@@ -397,6 +435,7 @@ impl AuditStore {
         after: i64,
         limit: i64,
     ) -> Result<Vec<Result<AuditRecord, Undecodable>>, StoreError> {
+        self.settle().await?;
         let sql = format!(
             "SELECT {RECORD_COLUMNS} FROM audit_records WHERE chain_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
         );
@@ -419,6 +458,7 @@ impl AuditStore {
         &self,
         q: &Query,
     ) -> Result<Vec<Result<AuditRecord, Undecodable>>, StoreError> {
+        self.settle().await?;
         let rows = on_pool!(&self.backend, pool => {
             let mut b = QueryBuilder::new(format!("SELECT {RECORD_COLUMNS} FROM audit_records WHERE 1 = 1"));
             if let Some(since) = q.since_us {
@@ -478,6 +518,7 @@ impl AuditStore {
         table: &'static str,
         chain_id: &str,
     ) -> Result<(Vec<Checkpoint>, Vec<Problem>), StoreError> {
+        self.settle().await?;
         let sql = format!(
             "SELECT seq, head_hash, time_us, key_id, signature FROM {table} \
              WHERE chain_id = $1 ORDER BY seq, key_id"
@@ -531,6 +572,7 @@ impl AuditStore {
         before_us: i64,
         signer: Option<&SigningKeyFile>,
     ) -> Result<Option<Checkpoint>, StoreError> {
+        self.settle().await?;
         let signer = signer.ok_or(StoreError::NoSigner)?;
         let first_young: Option<i64> = on_pool!(&self.backend, pool => {
             sqlx::query_scalar("SELECT MIN(seq) FROM audit_records WHERE chain_id = $1 AND time_us >= $2")

@@ -5,10 +5,9 @@
 //! each append once the record is committed. Two engines sit behind the same handle:
 //!
 //! - **direct SQLite** ([`crate::sqlite_writer`], a SQLite file with [`Durability::Normal`]):
-//!   its own SQLite connection, no worker thread or task between the caller and the database.
-//!   An append that finds the writer idle commits on the caller's thread (one `INSERT`, no
-//!   fsync: tens of µs); appends that arrive while a commit is running are queued and
-//!   group-committed by the writer's thread.
+//!   an append is linked and written as one line to the chain's append log on the caller's
+//!   thread (a few µs, durable against `kill -9`) and resolves at once; the writer's thread
+//!   copies the log into SQLite in batches.
 //! - **task** (PostgreSQL, SQLite with [`Durability::Full`], in-memory SQLite, or
 //!   `WriterConfig::sqlite_direct = false`): a tokio task on a connection it holds drains
 //!   whatever is queued into one statement (one `INSERT` in autocommit when the batch has no
@@ -100,12 +99,6 @@ impl PendingAppend {
         Self(Pending::Queued(done))
     }
 
-    /// Was the record committed (or refused) before `enqueue` returned, on the caller's
-    /// thread, rather than queued for the writer's group commit?
-    pub fn settled_on_enqueue(&self) -> bool {
-        matches!(self.0, Pending::Done(_))
-    }
-
     /// Waits until the record is committed (or its batch failed).
     pub async fn durable(self) -> Result<Appended, AppendError> {
         match self.0 {
@@ -181,7 +174,7 @@ impl AuditWriter {
 
     /// Queues `event` (waiting for room in the bounded queue) without waiting for the commit;
     /// [`PendingAppend::durable`] waits for it. Records keep their queueing order in the chain.
-    /// The direct engine may commit it before returning (an idle writer).
+    /// The direct engine settles it before returning (the record is in its append log).
     pub async fn enqueue(&self, event: AuditEvent) -> Result<PendingAppend, AppendError> {
         match &self.engine {
             Engine::Task(tx) => {
@@ -195,9 +188,10 @@ impl AuditWriter {
         }
     }
 
-    /// Queues `event` only if the queue has room now (never waits, never commits on the
-    /// caller's thread): for records whose producers must not be slowed down by a backlog,
-    /// such as authentication failures.
+    /// Queues `event` only if the queue has room now (never waits for room, never commits a
+    /// database transaction on the caller's thread; the direct engine writes its log line):
+    /// for records whose producers must not be slowed down by a backlog, such as
+    /// authentication failures.
     pub fn try_enqueue(&self, event: AuditEvent) -> Result<PendingAppend, QueueFull> {
         match &self.engine {
             Engine::Task(tx) => {
@@ -304,12 +298,18 @@ impl ChainState {
 
     /// `linked` is committed: advance the head.
     pub(crate) fn committed(&mut self, linked: Linked) {
+        self.advance(linked);
+    }
+
+    /// `linked` is durable: advance the head, and hand back its records and checkpoint.
+    pub(crate) fn advance(&mut self, linked: Linked) -> (Vec<AuditRecord>, Option<Checkpoint>) {
         self.since_checkpoint = if linked.checkpoint.is_some() {
             0
         } else {
             self.since_checkpoint + linked.records.len() as u64
         };
         self.head = linked.head;
+        (linked.records, linked.checkpoint)
     }
 
     /// A checkpoint over the head if records are unsigned (interval and shutdown).

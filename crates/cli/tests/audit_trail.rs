@@ -288,8 +288,11 @@ async fn list_requests_are_recorded() {
     gw.stop().await;
 }
 
-/// The invariant: when the store cannot write, the call fails closed with -31020 and the
-/// upstream is never called.
+/// The invariant: when the store cannot write, calls fail closed with -31020 and the upstream
+/// is never called for them. The SQLite writer learns that the store refuses when it copies its
+/// append log into SQLite, one batch (milliseconds) after the break: calls answered meanwhile
+/// have their records durable in the log, and once the store can write again every one of
+/// them reaches it, in a chain that verifies.
 #[tokio::test]
 async fn unwritable_store_fails_closed_and_the_upstream_is_not_called() {
     let dir = TempDir::new("audit-fail");
@@ -308,15 +311,88 @@ async fn unwritable_store_fails_closed_and_the_upstream_is_not_called() {
     );
     assert_eq!(upstream.count(), 1);
     break_store(&db).await;
-    let answer = modern(&gw, "/mcp", ALICE, 2, "tools/call", echo("during")).await;
-    let error = &answer.last()["error"];
-    assert_eq!(error["code"], -31020, "{answer:?}");
+    let (answered, refusal) = calls_until_refused(&gw, false).await;
     assert!(
-        error["message"].as_str().unwrap().contains("not forwarded"),
-        "{error}"
+        refusal["message"]
+            .as_str()
+            .unwrap()
+            .contains("not forwarded"),
+        "{refusal}"
     );
-    assert_eq!(upstream.count(), 1, "the upstream was not called");
+    assert_eq!(
+        upstream.count(),
+        1 + answered,
+        "the upstream was called only for the answered calls"
+    );
+    let again = modern(&gw, "/mcp", ALICE, 999, "tools/call", echo("still down")).await;
+    assert_eq!(again.last()["error"]["code"], -31020, "{again:?}");
+    assert_eq!(
+        upstream.count(),
+        1 + answered,
+        "the upstream was not called"
+    );
     gw.stop().await;
+
+    repair_store(&db).await;
+    let r = records(&db).await;
+    // Every answered call has its decision record. (An outcome record the store refused is
+    // logged and the answer still goes out: the upstream has already acted.)
+    let decisions = r
+        .iter()
+        .filter(|r| r.event.tool.as_deref() == Some("rec__echo") && r.event.outcome.is_none())
+        .count();
+    assert_eq!(decisions, 1 + answered, "{r:#?}");
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["audit", "verify", "--storage"])
+        .arg(format!("sqlite://{}", db.display()))
+        .arg("--key-file")
+        .arg(dir.0.join("audit.key"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+/// Calls `rec__echo` until the gateway refuses one with -31020 (or, with `spool`, until
+/// `/metrics` counts at least two spooled records); the calls answered before that, and the
+/// refusal's error.
+async fn calls_until_refused(gw: &Gateway, spool: bool) -> (usize, Value) {
+    for id in 2..200u64 {
+        let answer = modern(gw, "/mcp", ALICE, id, "tools/call", echo("during")).await;
+        let error = &answer.last()["error"];
+        if !error.is_null() {
+            assert_eq!(error["code"], -31020, "{answer:?}");
+            return (usize::try_from(id).unwrap() - 2, error.clone());
+        }
+        assert_eq!(answer.status, 200, "{answer:?}");
+        if spool && spooled(gw).await >= 2 {
+            return (usize::try_from(id).unwrap() - 1, Value::Null);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the gateway never noticed that the store refuses writes");
+}
+
+/// `portcullis_audit_spooled_total` from `/metrics`.
+async fn spooled(gw: &Gateway) -> usize {
+    let metrics = gw
+        .http
+        .get(format!("{}/metrics", gw.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_audit_spooled_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Makes every later insert into the audit table fail, as a full disk or a revoked grant would.
@@ -342,8 +418,9 @@ async fn repair_store(db: &Path) {
     pool.close().await;
 }
 
-/// `on_failure: spool`: with the store down the call goes on, its records go to the spool, and
-/// they reach the store once it can write again; the chain verifies.
+/// `on_failure: spool`: with the store down calls go on, their records go to the spool once
+/// the writer has seen the store refuse (those answered before are in its append log), and
+/// every record reaches the store once it can write again; the chain verifies.
 #[tokio::test]
 async fn spool_keeps_records_while_the_store_is_down_and_replays_them() {
     let dir = TempDir::new("audit-spool");
@@ -363,34 +440,35 @@ async fn spool_keeps_records_while_the_store_is_down_and_replays_them() {
     )
     .await;
     break_store(&db).await;
-    let answer = modern(&gw, "/mcp", ALICE, 1, "tools/call", echo("spooled")).await;
-    assert_eq!(answer.status, 200, "{answer:?}");
-    assert!(answer.last().get("result").is_some(), "{answer:?}");
-    assert_eq!(upstream.count(), 1);
-    let spooled = std::fs::read_to_string(&spool).unwrap();
+    let (answered, _) = calls_until_refused(&gw, true).await;
+    assert_eq!(upstream.count(), answered, "every call went on");
+    let in_spool = std::fs::read_to_string(&spool).unwrap();
     assert_eq!(
-        spooled.lines().count(),
-        2,
-        "decision and outcome: {spooled}"
-    );
-    let metrics = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("portcullis_audit_spooled_total 2"),
-        "{metrics}"
+        in_spool.lines().count(),
+        spooled(&gw).await,
+        "the spool holds what the metric counts: {in_spool}"
     );
     repair_store(&db).await;
-    let r = records_until(&db, |r| r.len() >= 2).await;
-    assert_eq!(r[0].event.tool.as_deref(), Some("rec__echo"));
-    assert_eq!(r[0].event.outcome, None);
-    assert_eq!(r[1].event.outcome, Some(Outcome::Ok));
+    let r = records_until(&db, |r| {
+        r.iter()
+            .filter(|r| r.event.outcome == Some(Outcome::Ok))
+            .count()
+            >= answered
+    })
+    .await;
+    let calls = r
+        .iter()
+        .filter(|r| r.event.tool.as_deref() == Some("rec__echo"));
+    assert_eq!(
+        calls.clone().filter(|r| r.event.outcome.is_none()).count(),
+        answered
+    );
+    assert_eq!(
+        calls
+            .filter(|r| r.event.outcome == Some(Outcome::Ok))
+            .count(),
+        answered
+    );
     gw.stop().await;
 }
 
@@ -466,20 +544,27 @@ async fn metrics_count_calls_denials_and_audit_appends() {
         modern(&gw, "/mcp", ALICE, id, "tools/call", echo("m")).await;
     }
     modern(&gw, "/mcp", BOB, 9, "tools/call", echo("m")).await;
-    let response = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/openmetrics-text")
-    );
-    let text = response.text().await.unwrap();
+    // The backlog is what the writer has made durable and not yet copied into SQLite: it
+    // drains within a batch.
+    let text = poll(Duration::from_secs(5), || async {
+        let response = gw
+            .http
+            .get(format!("{}/metrics", gw.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text")
+        );
+        let text = response.text().await.unwrap();
+        text.contains("portcullis_audit_backlog 0").then_some(text)
+    })
+    .await
+    .expect("the audit backlog drains");
     for expected in [
         r#"portcullis_requests_total{server="rec",tool="rec__echo",method="tools/call",decision="allow",outcome="ok"} 3"#,
         r#"portcullis_requests_total{server="rec",tool="rec__echo",method="tools/call",decision="deny",outcome="refused"} 1"#,

@@ -107,9 +107,9 @@ pub enum OnAuditFailure {
 /// e.g. `synchronous_commit`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AuditSync {
-    /// WAL without an fsync per commit (the default): a committed record is in the WAL file
-    /// before the call goes on, so it survives the process being killed (`kill -9`) and
-    /// restarted, not a power cut or a kernel crash.
+    /// No fsync per record (the default): a record is in the chain's append log beside the
+    /// database before the call goes on, so it survives the process being killed (`kill -9`)
+    /// and restarted, not a power cut or a kernel crash.
     #[default]
     Normal,
     /// Every group commit is fsynced: durable against a power cut too, at the cost of an fsync

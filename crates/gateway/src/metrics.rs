@@ -82,7 +82,7 @@ pub struct Metrics {
     pub upstream_up: Family<ServerLabel, Gauge>,
     /// Time until an awaited record was durable (append + group commit).
     pub audit_append: Histogram,
-    /// Appends queued and not yet committed.
+    /// Records appended and not yet in the store's database.
     pub audit_backlog: Gauge,
     /// Appends the store refused (each one failed a call closed or went to the spool).
     pub audit_failures: Counter,
@@ -153,7 +153,7 @@ impl Metrics {
         );
         registry.register(
             "audit_backlog",
-            "Audit appends queued and not yet committed",
+            "Audit records appended and not yet in the store's database (queued, or durable in the SQLite append log)",
             audit_backlog.clone(),
         );
         registry.register(
