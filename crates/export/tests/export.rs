@@ -503,6 +503,9 @@ async fn a_damaged_row_is_exported_as_unreadable_not_skipped() {
     let path = db.path("audit.jsonl");
     let writer = db.writer("gw-1").await;
     append(&writer, 5, Duration::ZERO).await;
+    // A read through the store waits for the writer to copy its append log into SQLite, where
+    // the row is damaged.
+    assert_eq!(db.audit.read_page("gw-1", 0, 10).await.unwrap().len(), 5);
     let portcullis_audit::store::Backend::Sqlite(pool) = db.audit.backend().clone() else {
         unreachable!()
     };
