@@ -37,7 +37,9 @@ pub struct WriterConfig {
     pub checkpoint_every: u64,
     /// ... or after this long with unsigned records.
     pub checkpoint_interval: Duration,
-    /// Most appends per transaction; 1 disables group commit (one transaction per record).
+    /// Most appends per transaction of the task engine; 1 disables group commit (one
+    /// transaction per record). The direct engine copies each batch of its append log into
+    /// SQLite in one transaction, whatever its size.
     pub max_batch: usize,
     /// Appends queued before `append` waits (bounded memory).
     pub queue: usize,

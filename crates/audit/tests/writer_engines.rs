@@ -356,3 +356,34 @@ async fn appends_after_shutdown_are_refused() {
         assert_eq!(records(&store, name).await.len(), 1, "{name}");
     }
 }
+
+/// One process writes a chain: a second writer of the same chain on the same SQLite file is
+/// refused with an error that says so (two would fork the chain), and once the first has shut
+/// down a new writer takes the chain over and continues it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_of_a_chain_is_refused_until_the_first_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite(&dir, "one.db", Durability::Normal).await;
+    let first = AuditWriter::start(store.clone(), config("one", true), Some(signer()))
+        .await
+        .unwrap();
+    first.append(event(1)).await.unwrap();
+    let second = AuditWriter::start(store.clone(), config("one", true), Some(signer())).await;
+    let error = second.expect_err("the chain is being written");
+    assert!(matches!(error, StoreError::ChainBusy(_)), "{error}");
+    assert!(error.to_string().contains("audit.chain_id"), "{error}");
+    let other_chain = AuditWriter::start(store.clone(), config("two", true), Some(signer()))
+        .await
+        .expect("another chain in the same file has its own log");
+    other_chain.shutdown().await.unwrap();
+
+    first.shutdown().await.unwrap();
+    let next = AuditWriter::start(store.clone(), config("one", true), Some(signer()))
+        .await
+        .expect("the first writer released the chain");
+    assert_eq!(next.append(event(2)).await.unwrap().seq, 2);
+    next.shutdown().await.unwrap();
+    let report = store.verify_chain("one", &ring()).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.problems);
+    assert_eq!((report.records, report.signed_through), (2, 2));
+}

@@ -4,13 +4,16 @@
 //! - **group commit**: `--producers` tasks append concurrently, each awaiting its append's
 //!   durability before the next, like calls on the data plane; records/s.
 //! - **one transaction per record**: the same with `max_batch = 1` (the baseline group commit
-//!   is measured against); records/s.
+//!   is measured against); records/s. The `direct` engine ignores `max_batch` (its appends
+//!   are durable in the append log, and its thread copies each batch of the log into SQLite
+//!   in one transaction), so for it this is a second group-commit figure.
 //! - **append latency**: one task appends, awaits durability, then sleeps `--latency-gap-us`
 //!   (threads go idle between appends, as at 1,000 calls/s); p50/p90/p99 of one append, which is
 //!   what the data plane's audit step waits for per record.
 //!
 //! Each mode writes to a fresh SQLite file (WAL) through each writer engine asked for
-//! (`--engine`): `direct` (the writer's own SQLite connection, the default with `sync: normal`)
+//! (`--engine`): `direct` (the append log and the writer's own SQLite connection, the default
+//! with `sync: normal`)
 //! and `sqlx` (the task engine PostgreSQL and `sync: full` use, through sqlx's SQLite driver),
 //! so the two compare in one run.
 //! `--layout` compares table layouts in the same run: `without-rowid` (the schema migrations
