@@ -53,6 +53,17 @@ async fn records_until(db: &Path, pred: impl Fn(&[AuditRecord]) -> bool) -> Vec<
     .unwrap_or_else(|| panic!("the expected records never appeared in {}", db.display()))
 }
 
+/// `portcullis audit verify` of the store at `db` with the key written in `dir`.
+fn audit_verify(dir: &Path, db: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["audit", "verify", "--storage"])
+        .arg(format!("sqlite://{}", db.display()))
+        .arg("--key-file")
+        .arg(dir.join("audit.key"))
+        .output()
+        .unwrap()
+}
+
 fn echo(text: &str) -> Value {
     json!({"name": "rec__echo", "arguments": {"text": text}})
 }
@@ -130,13 +141,7 @@ async fn a_call_leaves_a_durable_decision_record_then_its_outcome() {
 
     // Shutdown signs a final checkpoint; `portcullis audit verify` accepts the chain.
     gw.stop().await;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["audit", "verify", "--storage"])
-        .arg(format!("sqlite://{}", db.display()))
-        .arg("--key-file")
-        .arg(dir.0.join("audit.key"))
-        .output()
-        .unwrap();
+    let out = audit_verify(&dir.0, &db);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -342,13 +347,7 @@ async fn unwritable_store_fails_closed_and_the_upstream_is_not_called() {
         .filter(|r| r.event.tool.as_deref() == Some("rec__echo") && r.event.outcome.is_none())
         .count();
     assert_eq!(decisions, 1 + answered, "{r:#?}");
-    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
-        .args(["audit", "verify", "--storage"])
-        .arg(format!("sqlite://{}", db.display()))
-        .arg("--key-file")
-        .arg(dir.0.join("audit.key"))
-        .output()
-        .unwrap();
+    let verify = audit_verify(&dir.0, &db);
     assert!(
         verify.status.success(),
         "{}{}",
@@ -379,15 +378,7 @@ async fn calls_until_refused(gw: &Gateway, spool: bool) -> (usize, Value) {
 
 /// `portcullis_audit_spooled_total` from `/metrics`.
 async fn spooled(gw: &Gateway) -> usize {
-    let metrics = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_text().await;
     metrics
         .lines()
         .find_map(|l| l.strip_prefix("portcullis_audit_spooled_total "))

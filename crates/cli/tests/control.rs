@@ -445,13 +445,7 @@ async fn rate_limit_answers_429_with_a_retry_hint() {
     assert_eq!(answer.last()["error"]["code"], -31013);
     assert_eq!(answer.last()["id"], json!(client.last_id()));
     // The counts reach /metrics.
-    let metrics = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .unwrap();
-    let text = metrics.text().await.unwrap();
+    let text = gw.metrics_text().await;
     for line in [
         "portcullis_rate_limit_calls_total{limit=\"bob-adds\",result=\"admitted\"} 2",
         "portcullis_rate_limit_calls_total{limit=\"bob-adds\",result=\"refused\"} 2",

@@ -40,15 +40,7 @@ async fn governed_messages_reach_a_file_sink_and_metrics_show_its_lag() {
             .all(|l| l["hash"].as_str().is_some_and(|h| h.len() == 64))
     );
 
-    let text = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = gw.metrics_text().await;
     for series in [
         "portcullis_export_lag_records{sink=\"siem\",chain=\"export-chain\"}",
         "portcullis_export_lag_seconds{sink=\"siem\",chain=\"export-chain\"}",

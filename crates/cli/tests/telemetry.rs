@@ -447,15 +447,7 @@ async fn a_hanging_receiver_neither_fails_nor_holds_calls_and_drops_are_counted(
         }
     }
     assert_eq!(upstream.count(), 30);
-    let metrics = gw
-        .http
-        .get(format!("{}/metrics", gw.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics_text().await;
     let dropped = counter(
         &metrics,
         "portcullis_trace_spans_dropped_total{reason=\"queue_full\"}",

@@ -184,6 +184,18 @@ async fn run_gateway(
 }
 
 impl Gateway {
+    /// The text of `/metrics` (asserting it answered 200).
+    pub async fn metrics_text(&self) -> String {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "/metrics");
+        response.text().await.unwrap()
+    }
+
     /// Replaces the config file (write to a temporary name, then rename, as editors do) with
     /// the base config plus `servers`.
     pub fn rewrite_config(&self, servers: &[(&str, String)]) {
