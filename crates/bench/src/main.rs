@@ -16,6 +16,7 @@
 //! the runs is reported, with the budgets of DESIGN.md and pass/fail. Child processes are killed
 //! when the run ends, also on error. See BENCHMARKS.md for the figures and the commands.
 
+mod bare_proxy;
 mod client;
 mod upstream;
 
@@ -65,6 +66,13 @@ enum Cmd {
         /// Tokio worker threads (default: one per CPU).
         #[arg(long)]
         threads: Option<usize>,
+    },
+    /// Internal: a bare pass-through proxy in the gateway's place (`--gateway-bin` pointing at
+    /// this binary), the floor of any HTTP proxy on this machine (`bare_proxy.rs`).
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -145,6 +153,10 @@ fn main() -> anyhow::Result<()> {
                 upstream::serve(listener, legacy_only).await
             })
         }
+        Some(Cmd::Serve { config }) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(bare_proxy::serve(&config)),
         None => {
             let args = cli.run;
             let runtime = tokio::runtime::Builder::new_multi_thread()
