@@ -2,7 +2,9 @@
 //! process (SQLite store, signed checkpoints) takes concurrent `tools/call` load, is killed
 //! with SIGKILL mid-load, and then:
 //!
-//! - `portcullis audit verify` accepts the chain (exit 0);
+//! - the calls answered last, while the test held SQLite's write lock, had their records only in
+//!   the chain's append log when the process died;
+//! - `portcullis audit verify` accepts the chain (exit 0), having replayed that log;
 //! - every call the client saw answered has its decision record (written before the upstream
 //!   was called) and its outcome record (written before the answer was released), found by the
 //!   client's own trace id;
@@ -170,9 +172,35 @@ async fn kill_9_under_load_loses_no_record_of_an_answered_call() {
     })
     .await
     .expect("the gateway answers calls under load");
+    // The last calls before the kill are answered while another connection holds SQLite's
+    // write lock: their records are then only in the chain's append log (the writer cannot
+    // copy them into SQLite), and the kill must not lose them.
+    let db_url = format!("sqlite://{}", dir.0.join("gw.db").display());
+    let lock_pool = sqlx::SqlitePool::connect(&db_url).await.unwrap();
+    let mut lock = lock_pool.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let held_from = answered.lock().unwrap().len();
+    poll(Duration::from_secs(3), || async {
+        (answered.lock().unwrap().len() >= held_from + 50).then_some(())
+    })
+    .await
+    .expect("calls are answered while SQLite's write lock is held");
+    let chain_hex: String = "crash-chain".bytes().map(|b| format!("{b:02x}")).collect();
+    let log = dir.0.join(format!("gw.db.chain-{chain_hex}.log"));
+    let logged = std::fs::metadata(&log).unwrap().len();
+    assert!(
+        logged > 1_000,
+        "the answered calls' records wait in the append log ({logged} bytes)"
+    );
     // SIGKILL mid-load: no shutdown, no final checkpoint, calls in flight.
     gateway.child.kill().unwrap();
     gateway.child.wait().unwrap();
+    sqlx::query("ROLLBACK").execute(&mut *lock).await.unwrap();
+    drop(lock);
+    lock_pool.close().await;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.unwrap();
