@@ -238,6 +238,8 @@ struct Setup {
     proxy: TokenProxy,
     guard: Guard,
     gw: Gateway,
+    /// Holds the client secret file (removed with it).
+    _secret_dir: TempDir,
 }
 
 async fn setup(token_ttl_seconds: u64) -> Setup {
@@ -294,11 +296,8 @@ async fn setup(token_ttl_seconds: u64) -> Setup {
         .await
     );
     *guard.audience.lock().unwrap() = upstream.clone();
-    let secret_file = std::env::temp_dir().join(format!(
-        "portcullis-upstream-secret-{}-{}",
-        std::process::id(),
-        fresh_store_path().file_name().unwrap().to_string_lossy()
-    ));
+    let secret_dir = TempDir::new("upstream-secret");
+    let secret_file = secret_dir.0.join("client-secret");
     std::fs::write(&secret_file, format!("{CLIENT_SECRET}\n")).unwrap();
     let server = format!(
         "{{ url: \"{upstream}\", credentials: {{ oauth_client_credentials: {{ token_url: \"{token_url}\", client_id: {CLIENT_ID}, client_secret_file: \"{}\", scope: \"mcp:tools\", resource: \"{upstream}\" }} }} }}",
@@ -310,6 +309,7 @@ async fn setup(token_ttl_seconds: u64) -> Setup {
         proxy,
         guard,
         gw,
+        _secret_dir: secret_dir,
     }
 }
 

@@ -169,7 +169,11 @@ mod tests {
     use super::*;
 
     fn run(yaml: &str, url: &str, explicit: bool) -> (Option<TlsConfig>, String, Vec<ConfigError>) {
-        let dir = std::env::temp_dir().join(format!("portcullis-tls-{}", std::process::id()));
+        // One directory per call: tests run in parallel and each removes its own.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-tls-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for name in ["cert.pem", "key.pem", "ca.pem"] {
             std::fs::write(dir.join(name), "x").unwrap();
@@ -182,6 +186,7 @@ mod tests {
             public_url_explicit: explicit,
         };
         let tls = compile(Some(raw), &env, &mut public_url, &mut errors);
+        let _ = std::fs::remove_dir_all(&dir);
         (tls, public_url, errors)
     }
 

@@ -223,8 +223,9 @@ impl AuditTrail {
         ))
     }
 
-    /// Appends `event` and waits until it is durable (group commit). On a store failure the
-    /// record is spooled (`on_failure: spool`) or the caller gets [`AuditUnavailable`].
+    /// Appends `event` and waits until it is durable (in the append log on SQLite, a group
+    /// commit elsewhere). On a store failure the record is spooled (`on_failure: spool`) or
+    /// the caller gets [`AuditUnavailable`].
     pub async fn record(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {
         let Some(inner) = &self.inner else {
             return Ok(());
