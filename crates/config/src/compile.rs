@@ -580,7 +580,11 @@ impl Cx<'_> {
                 d.session_idle_timeout,
             ),
             max_batch: self.count("limits.max_batch", raw.max_batch, d.max_batch),
-            rate: crate::control::compile_rates(raw.rate, &mut self.errors),
+            rate: crate::control::compile_rates(
+                raw.rate,
+                self.base_dir.as_deref(),
+                &mut self.errors,
+            ),
         }
     }
 

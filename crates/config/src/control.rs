@@ -20,7 +20,12 @@
 //! ```yaml
 //! limits:
 //!   rate:
-//!     redis: redis://127.0.0.1:6379/0        # redis:// or unix://; a password may be in the URL
+//!     redis: redis://127.0.0.1:6379/0        # redis://, rediss:// (TLS) or unix://; a password
+//!                                            # may be in the URL
+//!     # redis_tls:                           # with rediss:// only; default: the system's roots
+//!     #   ca_file: redis-ca.pem              # trust only these CAs (PEM)
+//!     #   client_cert_file: client.pem       # client certificate for mutual TLS, with
+//!     #   client_key_file: client.key        # its key (both or neither)
 //!     key_prefix: portcullis:rate            # default; keys are `{key_prefix}:{limit id}:{digest}`
 //!     limits:
 //!       - { id: bots, agents: ["bot-*"], calls: 10, per: 1s }
@@ -29,6 +34,7 @@
 //! With `redis`, a call whose limits Redis cannot answer is refused (fail closed).
 
 use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -115,11 +121,22 @@ pub enum RawRate {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSharedRate {
-    /// URL of the Redis server that holds the buckets (`redis://` or `unix://`).
+    /// URL of the Redis server that holds the buckets (`redis://`, `rediss://` or `unix://`).
     pub redis: Option<String>,
+    /// Trust and client certificate for `rediss://`.
+    pub redis_tls: Option<RawRedisTls>,
     /// Prefix of every key (default `portcullis:rate`).
     pub key_prefix: Option<String>,
     pub limits: Option<Vec<RawRateLimit>>,
+}
+
+/// `limits.rate.redis_tls` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedisTls {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
 }
 
 impl<'de> Deserialize<'de> for RawRate {
@@ -265,6 +282,17 @@ pub struct RedisRate {
     pub url: Secret,
     /// Prefix of every key this gateway writes.
     pub key_prefix: String,
+    /// With a `rediss://` URL: what to trust and what to present (None: the system's roots).
+    pub tls: Option<RedisTls>,
+}
+
+/// TLS to Redis beyond the system's roots (paths resolved against the config file's folder).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RedisTls {
+    /// Trust only the CAs in this PEM file.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// The default `limits.rate.key_prefix`.
@@ -372,8 +400,13 @@ pub(crate) fn compile_admin(raw: Option<RawAdmin>, errors: &mut Vec<ConfigError>
     config
 }
 
-/// Compiles `limits.rate`; problems are appended to `errors` with their paths.
-pub(crate) fn compile_rates(raw: Option<RawRate>, errors: &mut Vec<ConfigError>) -> RateConfig {
+/// Compiles `limits.rate` (files relative to `base_dir`); problems are appended to `errors`
+/// with their paths.
+pub(crate) fn compile_rates(
+    raw: Option<RawRate>,
+    base_dir: Option<&Path>,
+    errors: &mut Vec<ConfigError>,
+) -> RateConfig {
     match raw {
         None => RateConfig::default(),
         Some(RawRate::List(list)) => RateConfig {
@@ -381,7 +414,10 @@ pub(crate) fn compile_rates(raw: Option<RawRate>, errors: &mut Vec<ConfigError>)
             redis: None,
         },
         Some(RawRate::Shared(shared)) => {
-            let redis = compile_redis(shared.redis, shared.key_prefix, errors);
+            let redis = compile_redis(shared.redis, shared.key_prefix, errors).map(|redis| {
+                let tls = compile_redis_tls(&redis, shared.redis_tls, base_dir, errors);
+                RedisRate { tls, ..redis }
+            });
             RateConfig {
                 limits: compile_rate_list(
                     shared.limits.unwrap_or_default(),
@@ -429,22 +465,85 @@ fn compile_redis(
             );
             None
         }
-        Some(url) if url.starts_with("redis://") || url.starts_with("unix://") => Some(RedisRate {
-            url: Secret::new(url),
-            key_prefix,
-        }),
-        Some(url) if url.starts_with("rediss://") => {
+        Some(url)
+            if url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("unix://") =>
+        {
+            Some(RedisRate {
+                url: Secret::new(url),
+                key_prefix,
+                tls: None,
+            })
+        }
+        Some(_) => {
             error(
                 "limits.rate.redis",
-                "TLS to Redis (rediss://) is not supported by this build; use redis:// on a trusted network or unix://",
+                "expected a redis://, rediss:// (TLS) or unix:// URL",
             );
             None
         }
-        Some(_) => {
-            error("limits.rate.redis", "expected a redis:// or unix:// URL");
-            None
-        }
     }
+}
+
+/// Compiles `limits.rate.redis_tls` for `redis`: only with a `rediss://` URL, readable files,
+/// a client certificate with its key.
+fn compile_redis_tls(
+    redis: &RedisRate,
+    raw: Option<RawRedisTls>,
+    base_dir: Option<&Path>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<RedisTls> {
+    let raw = raw?;
+    let mut error = |path: &str, message: String| {
+        errors.push(ConfigError {
+            path: format!("limits.rate.redis_tls{path}"),
+            message,
+        })
+    };
+    if !redis.url.expose().starts_with("rediss://") {
+        error(
+            "",
+            "only with a rediss:// URL in limits.rate.redis (TLS to Redis)".into(),
+        );
+        return None;
+    }
+    let mut file = |key: &str, file: Option<PathBuf>| {
+        let file = match (file, base_dir) {
+            (Some(file), Some(base)) if file.is_relative() && !base.as_os_str().is_empty() => {
+                Some(base.join(file))
+            }
+            (file, _) => file,
+        }?;
+        match std::fs::File::open(&file) {
+            Ok(_) => Some(file),
+            Err(e) => {
+                error(key, format!("cannot read {}: {e}", file.display()));
+                None
+            }
+        }
+    };
+    let ca_file = file(".ca_file", raw.ca_file.clone());
+    let cert = file(".client_cert_file", raw.client_cert_file.clone());
+    let key = file(".client_key_file", raw.client_key_file.clone());
+    let client = match (
+        raw.client_cert_file.is_some(),
+        raw.client_key_file.is_some(),
+    ) {
+        (true, true) => Some((cert?, key?)),
+        (false, false) => None,
+        _ => {
+            error(
+                "",
+                "client_cert_file and client_key_file go together (mutual TLS needs both)".into(),
+            );
+            return None;
+        }
+    };
+    if raw.ca_file.is_some() && ca_file.is_none() {
+        return None;
+    }
+    Some(RedisTls { ca_file, client })
 }
 
 fn compile_rate_list(
@@ -542,7 +641,7 @@ mod tests {
     fn rate_config(yaml: &str) -> (RateConfig, Vec<ConfigError>) {
         let raw: RawRate = serde_yaml_ng::from_str(yaml).unwrap();
         let mut errors = Vec::new();
-        (compile_rates(Some(raw), &mut errors), errors)
+        (compile_rates(Some(raw), None, &mut errors), errors)
     }
 
     #[test]
@@ -648,11 +747,64 @@ mod tests {
     }
 
     #[test]
+    fn redis_over_tls_takes_its_files_relative_to_the_config_and_bad_ones_name_their_paths() {
+        let dir = std::env::temp_dir().join(format!("portcullis-redis-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["ca.pem", "client.pem", "client.key"] {
+            std::fs::write(dir.join(name), "x").unwrap();
+        }
+        let compile = |yaml: &str| {
+            let raw: RawRate = serde_yaml_ng::from_str(yaml).unwrap();
+            let mut errors = Vec::new();
+            let config = compile_rates(Some(raw), Some(&dir), &mut errors);
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            (config, errors)
+        };
+        let (config, errors) = compile("redis: rediss://127.0.0.1:6380/0\nlimits: []");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(config.redis.expect("redis").tls, None, "the system's roots");
+
+        let (config, errors) = compile(
+            "redis: rediss://127.0.0.1:6380\nredis_tls: { ca_file: ca.pem, client_cert_file: client.pem, client_key_file: client.key }\nlimits: []",
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let tls = config.redis.expect("redis").tls.expect("tls");
+        assert_eq!(tls.ca_file, Some(dir.join("ca.pem")));
+        assert_eq!(
+            tls.client,
+            Some((dir.join("client.pem"), dir.join("client.key")))
+        );
+
+        let cases = [
+            (
+                "redis: redis://x\nredis_tls: { ca_file: ca.pem }",
+                "limits.rate.redis_tls: only with a rediss:// URL",
+            ),
+            (
+                "redis: rediss://x\nredis_tls: { ca_file: missing.pem }",
+                "limits.rate.redis_tls.ca_file: cannot read",
+            ),
+            (
+                "redis: rediss://x\nredis_tls: { client_cert_file: client.pem }",
+                "limits.rate.redis_tls: client_cert_file and client_key_file go together",
+            ),
+        ];
+        for (yaml, expected) in cases {
+            let (config, errors) = compile(yaml);
+            assert!(
+                errors.iter().any(|t| t.starts_with(expected)),
+                "{yaml}: {errors:?}"
+            );
+            assert!(config.redis.is_none_or(|r| r.tls.is_none()), "{yaml}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn bad_redis_rate_settings_name_their_paths() {
         let cases = [
             ("limits: []", "limits.rate.redis: required when"),
             ("redis: http://x", "limits.rate.redis: expected a redis://"),
-            ("redis: rediss://x", "limits.rate.redis: TLS to Redis"),
             (
                 "redis: redis://x\nkey_prefix: \"a b\"",
                 "limits.rate.key_prefix: expected",

@@ -40,7 +40,7 @@ use std::time::Duration;
 pub use audit::{AuditConfig, AuditRetention, AuditSync, OnAuditFailure};
 pub use compile::{Loader, from_yaml, load, mask_url_password};
 pub use control::{
-    AdminConfig, AdminRole, AdminToken, RateBucket, RateConfig, RateLimit, RedisRate,
+    AdminConfig, AdminRole, AdminToken, RateBucket, RateConfig, RateLimit, RedisRate, RedisTls,
 };
 pub use scanners::ScannersConfig;
 pub use upstream_oauth::OAuthClientCredentials;

@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use portcullis_config::RedisRate;
+use portcullis_config::{RedisRate, RedisTls};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
 
@@ -89,7 +89,12 @@ impl SharedBuckets {
     /// Prepares the connection; it is opened on first use and re-opened after failures, so a
     /// Redis that is down at start-up refuses calls rather than the gateway refusing to start.
     pub fn new(config: &RedisRate) -> Result<SharedBuckets, redis::RedisError> {
-        let client = redis::Client::open(config.url.expose())?;
+        // rustls (rediss://) needs a process-wide crypto provider: ring, as everywhere else.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = match &config.tls {
+            None => redis::Client::open(config.url.expose())?,
+            Some(tls) => redis::Client::build_with_tls(config.url.expose(), certificates(tls)?)?,
+        };
         let settings = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT / 2))
             .set_response_timeout(Some(REDIS_TIMEOUT))
@@ -136,4 +141,29 @@ impl SharedBuckets {
             },
         }
     }
+}
+
+/// The PEM files of `limits.rate.redis_tls`, read now (a file that went away since the config
+/// was checked is an error at start-up, not a silent fallback to the system's roots).
+fn certificates(tls: &RedisTls) -> Result<redis::TlsCertificates, redis::RedisError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            redis::RedisError::from(std::io::Error::new(
+                e.kind(),
+                format!("limits.rate.redis_tls: cannot read {}: {e}", path.display()),
+            ))
+        })
+    };
+    let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
+    let client_tls = match &tls.client {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        None => None,
+    };
+    Ok(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    })
 }

@@ -36,6 +36,7 @@ fn shared(url: &str, prefix: &str, limits: Vec<RateLimit>) -> RateConfig {
         redis: Some(RedisRate {
             url: Secret::new(url),
             key_prefix: prefix.to_owned(),
+            tls: None,
         }),
     }
 }
