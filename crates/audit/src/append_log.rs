@@ -46,7 +46,7 @@ const READER_POLL: Duration = Duration::from_millis(1);
     clippy::large_enum_variant,
     reason = "records are nearly every entry: boxing them would cost an allocation per append"
 )]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub(crate) enum Entry {
     /// A record.
     #[serde(rename = "r")]

@@ -434,7 +434,6 @@ fn refused(state: &mut State, mut batch: Vec<Logged>, error: StoreError) {
 /// a WAL checkpoint, and the log's lock released. Answers a shutdown request.
 fn stop(shared: &Shared, conn: &mut Connection) {
     let mut state = shared.state();
-    state.accepting = false;
     let answer = state.shutdown.take();
     let signed = state.log_due_checkpoint();
     drop(state);

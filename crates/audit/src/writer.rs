@@ -279,7 +279,7 @@ impl ChainState {
         }
     }
 
-    /// Links `events` after the head (the head itself moves only in [`ChainState::committed`]),
+    /// Links `events` after the head (the head itself moves only in [`ChainState::advance`]),
     /// with a signed checkpoint when they complete `checkpoint_every` unsigned records.
     pub(crate) fn link(&self, events: impl ExactSizeIterator<Item = AuditEvent>) -> Linked {
         let mut head = self.head.clone();
@@ -298,12 +298,8 @@ impl ChainState {
         }
     }
 
-    /// `linked` is committed: advance the head.
-    pub(crate) fn committed(&mut self, linked: Linked) {
-        self.advance(linked);
-    }
-
-    /// `linked` is durable: advance the head, and hand back its records and checkpoint.
+    /// `linked` is durable (committed, or in the append log): advance the head, and hand back
+    /// its records and checkpoint.
     pub(crate) fn advance(&mut self, linked: Linked) -> (Vec<AuditRecord>, Option<Checkpoint>) {
         self.since_checkpoint = if linked.checkpoint.is_some() {
             0
@@ -430,7 +426,7 @@ impl WriterTask {
         let conn = self.connection().await?;
         crate::store::write_batch(conn, &linked.records, linked.checkpoint.as_ref()).await?;
         let appended = linked.appended().collect();
-        self.chain.committed(linked);
+        self.chain.advance(linked);
         self.release_if_memory();
         Ok(appended)
     }

@@ -307,15 +307,9 @@ mod tests {
             b"aGVsbG8gd29ybGQ",
             b"%%%%%%%%%%",
         ];
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rng = crate::test_text::Rng(0x9E37_79B9_7F4A_7C15);
         for round in 0..4000 {
-            let mut text = Vec::new();
-            for _ in 0..round % 120 {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                text.extend_from_slice(pieces[(state % pieces.len() as u64) as usize]);
-            }
+            let text = crate::test_text::random(&mut rng, pieces, round % 120);
             let masks = TextMasks::of(&text);
             assert_eq!(masks.chunks.len(), text.len().div_ceil(64));
             for (k, m) in masks.chunks.iter().enumerate() {

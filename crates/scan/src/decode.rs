@@ -368,15 +368,9 @@ mod tests {
             "\u{e9}",
             "0123456789",
         ];
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut rng = crate::test_text::Rng(0x2545_F491_4F6C_DD1D);
         for round in 0..3000 {
-            let mut text = String::new();
-            for _ in 0..(round % 60) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                text.push_str(pieces[(state % pieces.len() as u64) as usize]);
-            }
+            let text = crate::test_text::random_string(&mut rng, pieces, round % 60);
             let mut out = Vec::new();
             // Every decoded run counts as a hit, so each tried run shows up as a finding.
             scan_encoded(&text, &mut out, |_| true);
@@ -409,15 +403,9 @@ mod tests {
             "\u{e9}",
             "0123456789abcdef",
         ];
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rng = crate::test_text::Rng(0x9E37_79B9_7F4A_7C15);
         for round in 0..3000 {
-            let mut text = String::new();
-            for _ in 0..(round % 40) {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                text.push_str(pieces[(state % pieces.len() as u64) as usize]);
-            }
+            let text = crate::test_text::random_string(&mut rng, pieces, round % 40);
             let (mut plain, mut with) = (Vec::new(), Vec::new());
             scan_encoded(&text, &mut plain, |_| true);
             let masks = TextMasks::of(text.as_bytes());

@@ -720,15 +720,10 @@ mod tests {
     #[test]
     fn run_stats_match_their_definitions() {
         let alphabet = b"0123456789 .-()+xet";
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut rng = crate::test_text::Rng(0x9E37_79B9_7F4A_7C15);
         for round in 0..5000 {
             let run: Vec<u8> = (0..round % 30)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    alphabet[(state % alphabet.len() as u64) as usize]
-                })
+                .map(|_| alphabet[rng.below(alphabet.len())])
                 .collect();
             let st = RunStats::of(&run);
             let seps = || run.iter().copied().filter(|b| !b.is_ascii_digit());

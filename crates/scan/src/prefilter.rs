@@ -814,15 +814,9 @@ mod tests {
             "QRSTUVWXYZ@[`{",
             "7:_q<",
         ];
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut rng = crate::test_text::Rng(0x2545_F491_4F6C_DD1D);
         for round in 0..2000 {
-            let mut text = String::new();
-            for _ in 0..round % 40 {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                text.push_str(pieces[(state % pieces.len() as u64) as usize]);
-            }
+            let text = crate::test_text::random_string(&mut rng, &pieces, round % 40);
             // One byte at a time: lowercase, then each backslash before n/r/t (and that
             // letter) becomes a space, left to right.
             let mut want = text.as_bytes().to_ascii_lowercase();

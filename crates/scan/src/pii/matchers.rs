@@ -206,24 +206,7 @@ pub(crate) fn email_find(hay: &[u8], from: usize) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
-        }
-    }
-
-    fn random(rng: &mut Rng, alphabet: &[&[u8]], len: usize) -> Vec<u8> {
-        let mut v = Vec::new();
-        for _ in 0..len {
-            v.extend_from_slice(alphabet[rng.below(alphabet.len())]);
-        }
-        v
-    }
+    use crate::test_text::{Rng, random};
 
     #[test]
     fn numeric_matcher_agrees_with_the_pattern() {
