@@ -110,10 +110,12 @@ impl Rsyslog {
         let _ = self.child.wait();
     }
 
-    /// Lines written so far, as (pri, app, msgid, hostname, structured data, msg).
+    /// Complete lines written so far, as (pri, app, msgid, hostname, structured data, msg). A
+    /// last line without its newline is one rsyslogd is still writing: it is read next time.
     fn lines(&self) -> Vec<[String; 6]> {
-        std::fs::read_to_string(&self.out)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
             .lines()
             .map(|l| {
                 let parts: Vec<&str> = l.splitn(6, '|').collect();
